@@ -1,0 +1,118 @@
+//! The child: spawning the wrapped command, forwarding signals to it, and mapping its status.
+//!
+//! The child inherits stdin and stderr (stdout too, unless it is captured), runs in the wrapper's
+//! process group (so a terminal's Ctrl-C reaches it directly) and receives no lock descriptor.
+//! Signals sent to the wrapper with kill(2) are forwarded to it once; the wrapper then waits for it.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+use crate::exit::{self, Failure};
+use crate::signal::Signals;
+
+/// What the child is started with.
+pub struct Spec<'a> {
+    /// Program and arguments; never empty (checked when the config is built).
+    pub argv: &'a [OsString],
+    /// Extra environment (`SESSIONLOCK_SESSION`, `SESSIONLOCK_MODE`, ...).
+    pub env: Vec<(&'static str, OsString)>,
+    /// Where its stdout goes; `None` inherits the wrapper's.
+    pub stdout: Option<Stdio>,
+}
+
+/// Start the child. `session` names the file in the error line.
+pub fn spawn(spec: Spec<'_>, session: &Path) -> Result<Child, Failure> {
+    let (program, args) = spec
+        .argv
+        .split_first()
+        .expect("a command was checked to exist");
+    let mut command = Command::new(program);
+    command.args(args).envs(spec.env);
+    if let Some(stdout) = spec.stdout {
+        command.stdout(stdout);
+    }
+    command
+        .spawn()
+        .map_err(|e| spawn_failure(program, &e, session))
+}
+
+fn spawn_failure(program: &OsStr, err: &io::Error, session: &Path) -> Failure {
+    let name = program.to_string_lossy();
+    match err.kind() {
+        io::ErrorKind::NotFound => Failure::new(
+            exit::NOT_FOUND,
+            format!("command not found: {name}"),
+            session,
+        ),
+        _ => Failure::new(
+            exit::CANNOT_EXECUTE,
+            format!("cannot execute {name}: {}", exit::describe(err)),
+            session,
+        ),
+    }
+}
+
+/// Wait for the child, forwarding terminating signals the wrapper receives to it.
+pub fn wait(child: &mut Child, signals: &Signals) -> io::Result<ExitStatus> {
+    let pid = Pid::from_raw(child.id() as i32);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        let woken = signals.wait(None, None)?;
+        for received in woken.signals {
+            if !received.from_kernel {
+                // The child may have just exited; ESRCH is not an error here.
+                let _ = kill(pid, received.signal);
+            }
+        }
+    }
+}
+
+/// The exit code the wrapper returns for the child's status: its code, or `128 + N` for signal `N`.
+#[must_use]
+pub fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => exit::signalled(signal),
+        (None, None) => exit::SOFTWARE,
+    }
+}
+
+/// The command's name for records and messages: the file name of its first word.
+#[must_use]
+pub fn command_name(argv: &[OsString]) -> String {
+    argv.first()
+        .map(|p| {
+            Path::new(p)
+                .file_name()
+                .unwrap_or(p.as_os_str())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_like_a_shell() {
+        assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
+        assert_eq!(exit_code(ExitStatus::from_raw(7 << 8)), 7);
+        assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+    }
+
+    #[test]
+    fn command_name_is_the_program_file_name() {
+        let argv = vec![OsString::from("/usr/bin/env"), OsString::from("x")];
+        assert_eq!(command_name(&argv), "env");
+    }
+}

@@ -1,0 +1,97 @@
+//! The resolved configuration: parsed options checked and turned into what a mode runs with.
+//!
+//! Everything a user can get wrong is refused here, before any file is touched.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use crate::cli::{LockOpts, Target};
+use crate::exit::{self, Failure};
+use crate::key::{self, Key};
+
+/// The lifecycle a wrapped command runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Run,
+}
+
+impl Mode {
+    /// The name used on the command line, in records and in `SESSIONLOCK_MODE`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Run => "run",
+        }
+    }
+}
+
+/// How much the wrapper says on stderr besides failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+/// Everything a mode needs, resolved.
+#[derive(Debug)]
+pub struct Config {
+    pub mode: Mode,
+    pub key: Key,
+    pub argv: Vec<OsString>,
+    /// Bound on each write-lock acquisition; zero with `--nonblock`.
+    pub lock_timeout: Duration,
+    /// Exit status for busy / not in time.
+    pub conflict_code: u8,
+    pub verbosity: Verbosity,
+}
+
+impl Config {
+    /// Check the options and resolve the session key.
+    pub fn new(mode: Mode, lock: &LockOpts, target: Target) -> Result<Self, Failure> {
+        if target.command.first().is_none_or(|p| p.is_empty()) {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!(
+                    "no command to run: usage is `sessionlock {} <SESSION> -- <COMMAND> [ARGS...]`",
+                    mode.name()
+                ),
+                &target.session,
+            ));
+        }
+        let key = key::resolve(&target.session)?;
+        let verbosity = if lock.quiet {
+            Verbosity::Quiet
+        } else if lock.verbose {
+            Verbosity::Verbose
+        } else {
+            Verbosity::Normal
+        };
+        Ok(Self {
+            mode,
+            key,
+            argv: target.command,
+            lock_timeout: if lock.nonblock {
+                Duration::ZERO
+            } else {
+                lock.timeout
+            },
+            conflict_code: lock.conflict_exit_code,
+            verbosity,
+        })
+    }
+
+    /// Say `message` on stderr unless `--quiet`.
+    pub fn notice(&self, message: &str) {
+        if self.verbosity > Verbosity::Quiet {
+            eprintln!("sessionlock: {message}");
+        }
+    }
+
+    /// Say `message` on stderr with `--verbose` only.
+    pub fn detail(&self, message: &str) {
+        if self.verbosity == Verbosity::Verbose {
+            eprintln!("sessionlock: {message}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The key: the canonical path of a session file, so that every alias of one file gets one lock.
+//!
+//! Symlinks (the file's own too), `.`/`..` and relative paths are resolved. A file that does not
+//! exist yet is keyed by its canonical parent directory plus its name. Nothing is created here.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::exit::{self, Failure};
+
+/// How many symlinks a session path may pass through before we call it a loop (as Linux's `MAXSYMLINKS`).
+const MAX_SYMLINKS: usize = 40;
+
+/// The canonical path of one session file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    path: PathBuf,
+}
+
+impl Key {
+    /// The canonical path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory the session file lives in (canonical).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("/"))
+    }
+
+    /// The session file's name.
+    #[must_use]
+    pub fn name(&self) -> &OsStr {
+        self.path.file_name().unwrap_or_default()
+    }
+}
+
+/// Resolve `input` to its key. Errors are user-facing failures naming `input`.
+pub fn resolve(input: &Path) -> Result<Key, Failure> {
+    if input.as_os_str().is_empty() {
+        return Err(Failure::bare(exit::USAGE, "the session path is empty"));
+    }
+    let mut path = input.to_path_buf();
+    for _ in 0..MAX_SYMLINKS {
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(&path)
+                    .map_err(|e| Failure::io("cannot read the session symlink", &e, &path))?;
+                path = match path.parent() {
+                    Some(parent) if target.is_relative() => parent.join(target),
+                    _ => target,
+                };
+            }
+            Ok(meta) if meta.is_dir() => {
+                return Err(Failure::new(
+                    exit::NO_INPUT,
+                    "the session path is a directory, not a file",
+                    input,
+                ));
+            }
+            Ok(_) => {
+                let canonical = fs::canonicalize(&path)
+                    .map_err(|e| path_failure("cannot resolve the session path", &e, input))?;
+                return Ok(Key { path: canonical });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return not_yet_existing(&path, input),
+            Err(e) => return Err(path_failure("cannot resolve the session path", &e, input)),
+        }
+    }
+    Err(Failure::new(
+        exit::NO_INPUT,
+        "too many levels of symbolic links in the session path",
+        input,
+    ))
+}
+
+/// Key a file that does not exist (yet): canonical parent directory plus the file name.
+fn not_yet_existing(path: &Path, input: &Path) -> Result<Key, Failure> {
+    let Some(name) = path.file_name() else {
+        return Err(Failure::new(
+            exit::NO_INPUT,
+            "the session path does not name a file",
+            input,
+        ));
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = fs::canonicalize(parent)
+        .map_err(|e| path_failure("the session directory cannot be used", &e, input))?;
+    if !dir.is_dir() {
+        return Err(Failure::new(
+            exit::NO_INPUT,
+            "the session directory is not a directory",
+            input,
+        ));
+    }
+    Ok(Key {
+        path: dir.join(name),
+    })
+}
+
+/// A failure resolving the path: a missing directory is `NO_INPUT`, permission `NO_PERM`.
+fn path_failure(what: &str, err: &io::Error, input: &Path) -> Failure {
+    let code = match err.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => exit::NO_INPUT,
+        _ => exit::code_for_io(err),
+    };
+    let mut failure = Failure::io(what, err, input);
+    failure.code = code;
+    failure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    #[test]
+    fn every_spelling_of_an_existing_file_gets_one_key() {
+        let t = tmp();
+        let root = fs::canonicalize(t.path()).unwrap();
+        fs::create_dir(root.join("d")).unwrap();
+        fs::write(root.join("d/s.jsonl"), "").unwrap();
+        symlink(root.join("d"), root.join("dirlink")).unwrap();
+        symlink("d/s.jsonl", root.join("filelink")).unwrap();
+        let want = resolve(&root.join("d/s.jsonl")).unwrap();
+        for alias in ["d/../d/./s.jsonl", "dirlink/s.jsonl", "filelink"] {
+            assert_eq!(resolve(&root.join(alias)).unwrap(), want, "{alias}");
+        }
+        assert_eq!(want.path(), root.join("d/s.jsonl"));
+    }
+
+    #[test]
+    fn a_missing_file_is_keyed_by_its_canonical_directory() {
+        let t = tmp();
+        let root = fs::canonicalize(t.path()).unwrap();
+        fs::create_dir(root.join("d")).unwrap();
+        symlink(root.join("d"), root.join("dirlink")).unwrap();
+        let key = resolve(&root.join("dirlink/new.jsonl")).unwrap();
+        assert_eq!(key.path(), root.join("d/new.jsonl"));
+        assert_eq!(key.dir(), root.join("d"));
+        assert_eq!(key.name(), "new.jsonl");
+    }
+
+    #[test]
+    fn a_dangling_symlink_keys_its_target() {
+        let t = tmp();
+        let root = fs::canonicalize(t.path()).unwrap();
+        symlink("later.jsonl", root.join("link")).unwrap();
+        assert_eq!(
+            resolve(&root.join("link")).unwrap().path(),
+            root.join("later.jsonl")
+        );
+    }
+
+    #[test]
+    fn different_files_get_different_keys() {
+        let t = tmp();
+        let a = resolve(&t.path().join("a.jsonl")).unwrap();
+        let b = resolve(&t.path().join("b.jsonl")).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn bad_paths_are_refused_with_their_codes() {
+        let t = tmp();
+        assert_eq!(resolve(t.path()).unwrap_err().code, exit::NO_INPUT);
+        let missing = t.path().join("nope/s.jsonl");
+        assert_eq!(resolve(&missing).unwrap_err().code, exit::NO_INPUT);
+        assert_eq!(resolve(Path::new("")).unwrap_err().code, exit::USAGE);
+        symlink("loop", t.path().join("loop")).unwrap();
+        assert_eq!(
+            resolve(&t.path().join("loop")).unwrap_err().code,
+            exit::NO_INPUT
+        );
+        fs::write(t.path().join("plain"), "").unwrap();
+        let under_file = t.path().join("plain/s.jsonl");
+        assert_eq!(resolve(&under_file).unwrap_err().code, exit::NO_INPUT);
+    }
+}

@@ -1,0 +1,67 @@
+//! `sessionlock`: serialize everything that touches one JSONL session file, across processes.
+
+mod child;
+mod cli;
+mod config;
+mod docs;
+mod exit;
+mod key;
+mod lifecycle;
+mod lock;
+mod sidecar;
+mod signal;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+
+use crate::cli::{Cli, Command};
+use crate::config::{Config, Mode};
+use crate::exit::Failure;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("sessionlock: {err:#}");
+            ExitCode::from(
+                err.downcast_ref::<Failure>()
+                    .map_or(exit::SOFTWARE, |f| f.code),
+            )
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = Config::new(Mode::Run, &args.lock, args.target)?;
+            Ok(lifecycle::run(&config)?)
+        }
+        Command::GenerateDocs { dir } => docs::generate(&dir).map(|()| 0),
+    }
+}
+
+/// Help and version print as clap renders them; a usage error becomes one `sessionlock:` line.
+fn usage_error(err: &clap::Error) -> ExitCode {
+    match err.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            ExitCode::from(err.exit_code() as u8)
+        }
+        _ => {
+            let rendered = err.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            let what = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("sessionlock: {what} (see `sessionlock --help`)");
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
