@@ -46,6 +46,7 @@ ENVIRONMENT
     version,
     after_long_help = AFTER_LONG_HELP,
     propagate_version = true,
+    disable_help_subcommand = true,
     arg_required_else_help = true
 )]
 pub struct Cli {
@@ -84,7 +85,7 @@ pub struct LockOpts {
     pub nonblock: bool,
 
     /// Exit status when the lock (or turn) is busy or not obtained in time
-    #[arg(short = 'E', long, value_name = "N", default_value_t = 75)]
+    #[arg(short = 'E', long, value_name = "N", default_value_t = crate::exit::BUSY)]
     pub conflict_exit_code: u8,
 
     /// Say nothing while waiting (errors are still reported)

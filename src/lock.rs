@@ -22,6 +22,7 @@ pub struct Held {
 impl Held {
     /// The locked file.
     #[must_use]
+    #[allow(dead_code)] // for tickets (prompt turns)
     pub fn file(&self) -> &File {
         &self.file
     }
@@ -103,10 +104,10 @@ pub fn wait_exclusive(
             return Ok(Waited::Held(Held { file }));
         }
         let now = Instant::now();
-        if notice_at.is_some_and(|at| at <= now) {
-            if let Some(n) = notice.take() {
-                (n.say)();
-            }
+        if notice_at.is_some_and(|at| at <= now)
+            && let Some(n) = notice.take()
+        {
+            (n.say)();
         }
         if deadline.is_some_and(|at| at <= now) {
             return Ok(Waited::TimedOut);
@@ -116,6 +117,7 @@ pub fn wait_exclusive(
 
 /// Is `file` locked by someone right now? Takes and drops the lock for an instant if it is free;
 /// only for lock files nobody contends for as a writer (tickets), never for the write lock.
+#[allow(dead_code)] // for tickets (prompt turns)
 pub fn is_locked(file: &File) -> io::Result<bool> {
     match fs4::FileExt::try_lock(file) {
         Ok(()) => {

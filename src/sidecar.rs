@@ -59,6 +59,7 @@ impl Sidecar {
         }
     }
 
+    #[allow(dead_code)] // for status
     /// The existing sidecar of `key`, or `None` if there is none yet; never creates it.
     pub fn existing(key: &Key) -> Result<Option<Self>, Failure> {
         let sidecar = Self::locate(key);
@@ -92,6 +93,7 @@ impl Sidecar {
     }
 
     /// The sidecar directory.
+    #[allow(dead_code)] // for status
     #[must_use]
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -177,6 +179,7 @@ pub enum Access {
     /// Read; create empty if missing (lock targets: flock needs no write access).
     CreateRead,
     /// Read and write; create if missing.
+    #[allow(dead_code)] // for the queue file
     CreateReadWrite,
     /// Read an existing file.
     Read,

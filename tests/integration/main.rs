@@ -1,0 +1,5 @@
+//! Integration tests: the real binary, real processes contending for real locks.
+
+mod docs;
+mod run;
+mod support;

@@ -1,0 +1,517 @@
+//! `run`: mutual exclusion through every spelling, busy and timeout codes, the child's status,
+//! signals, descriptors, and bad input that touches nothing.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{PermissionsExt, symlink};
+
+use nix::sys::signal::Signal;
+use predicates::prelude::*;
+
+use crate::support::{Sandbox, assert_no_overlap, wait_for};
+
+/// `run -v SESSION -- gate NAME` as an argv.
+fn run_gate(sandbox: &Sandbox, session: &str, name: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["run".to_owned(), "-v".to_owned()];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.push(session.to_owned());
+    args.push("--".to_owned());
+    args.extend(sandbox.gate(name));
+    args
+}
+
+/// The stderr of a finished command, checked to be one `sessionlock:` line.
+fn one_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr).into_owned();
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "expected one stderr line, got {text:?}"
+    );
+    assert!(text.starts_with("sessionlock: "), "{text:?}");
+    text
+}
+
+#[test]
+fn run_serializes_every_spelling_of_one_file() {
+    let sandbox = Sandbox::new();
+    fs::create_dir(sandbox.path("d")).unwrap();
+    fs::write(sandbox.path("d/s.jsonl"), "").unwrap();
+    symlink(sandbox.path("d"), sandbox.path("dirlink")).unwrap();
+    symlink("d/s.jsonl", sandbox.path("filelink")).unwrap();
+    let absolute = sandbox.path("d/s.jsonl").display().to_string();
+    let spellings = [
+        ("A", absolute.as_str()),
+        ("B", "d/s.jsonl"),
+        ("C", "dirlink/s.jsonl"),
+        ("D", "filelink"),
+        ("E", "d/../d/./s.jsonl"),
+    ];
+    let mut first = sandbox.spawn("A", run_gate(&sandbox, spellings[0].1, "A", &[]));
+    sandbox.wait_entered("A");
+    let mut waiters: Vec<_> = spellings[1..]
+        .iter()
+        .map(|(name, path)| {
+            (
+                *name,
+                sandbox.spawn(name, run_gate(&sandbox, path, name, &[])),
+            )
+        })
+        .collect();
+    for (name, proc) in &waiters {
+        proc.wait_stderr("waiting for the write lock");
+        assert!(
+            !sandbox.entered(name),
+            "{name} entered while A held the lock"
+        );
+    }
+    sandbox.open("A");
+    assert_eq!(first.wait_code(), 0);
+    // Each hand-off admits exactly one waiter; the others stay out until it leaves.
+    let mut left: Vec<&str> = spellings[1..].iter().map(|(n, _)| *n).collect();
+    while !left.is_empty() {
+        let mut inside = None;
+        wait_for("the next waiter to enter", || {
+            inside = left.iter().position(|n| sandbox.entered(n));
+            inside.is_some()
+        });
+        let name = left.remove(inside.unwrap());
+        for other in &left {
+            assert!(
+                !sandbox.entered(other),
+                "{other} entered while {name} held the lock"
+            );
+        }
+        sandbox.open(name);
+    }
+    for (name, proc) in &mut waiters {
+        assert_eq!(proc.wait_code(), 0, "{name}: {}", proc.stderr());
+        assert_eq!(proc.stdout(), "", "{name} wrote to stdout");
+    }
+    let log = sandbox.log();
+    assert_eq!(log.len(), 10, "{log:?}");
+    assert_no_overlap(&log);
+}
+
+#[test]
+fn different_files_do_not_block_each_other() {
+    let sandbox = Sandbox::new();
+    let _a = sandbox.spawn("A", run_gate(&sandbox, "a.jsonl", "A", &[]));
+    sandbox.wait_entered("A");
+    sandbox
+        .cmd(["run", "--nonblock", "b.jsonl", "--", "touch", "b-ran"])
+        .assert()
+        .success()
+        .stdout("")
+        .stderr("");
+    assert!(sandbox.path("b-ran").exists());
+    assert!(!sandbox.path("go.A").exists() && sandbox.entered("A"));
+}
+
+#[test]
+fn nonblock_on_a_held_lock_exits_75_naming_file_and_holder() {
+    let sandbox = Sandbox::new();
+    let holder = sandbox.spawn("A", run_gate(&sandbox, "s.jsonl", "A", &[]));
+    sandbox.wait_entered("A");
+    let out = sandbox
+        .cmd(["run", "--nonblock", "s.jsonl", "--", "touch", "ran"])
+        .assert()
+        .code(75)
+        .stdout("")
+        .get_output()
+        .clone();
+    let line = one_line(&out.stderr);
+    assert!(line.contains("busy"), "{line}");
+    assert!(
+        line.contains(&format!("held by pid {} (run)", holder.pid())),
+        "{line}"
+    );
+    assert!(
+        line.contains(&sandbox.path("s.jsonl").display().to_string()),
+        "{line}"
+    );
+    assert!(
+        !sandbox.path("ran").exists(),
+        "the command ran without the lock"
+    );
+}
+
+#[test]
+fn timeout_on_a_held_lock_exits_75_and_conflict_exit_code_overrides_it() {
+    let sandbox = Sandbox::new();
+    let _holder = sandbox.spawn("A", run_gate(&sandbox, "s.jsonl", "A", &[]));
+    sandbox.wait_entered("A");
+    let out = sandbox
+        .cmd([
+            "run",
+            "-q",
+            "--timeout",
+            "200ms",
+            "s.jsonl",
+            "--",
+            "touch",
+            "ran",
+        ])
+        .assert()
+        .code(75)
+        .get_output()
+        .clone();
+    assert!(one_line(&out.stderr).contains("timed out after 200ms"));
+    sandbox
+        .cmd([
+            "run",
+            "-n",
+            "--conflict-exit-code",
+            "9",
+            "s.jsonl",
+            "--",
+            "touch",
+            "ran",
+        ])
+        .assert()
+        .code(9);
+    sandbox
+        .cmd(["run", "-q", "s.jsonl", "--", "touch", "ran"])
+        .env("SESSIONLOCK_TIMEOUT", "100ms")
+        .assert()
+        .code(75)
+        .stderr(predicate::str::contains("timed out after 100ms"));
+    assert!(
+        !sandbox.path("ran").exists(),
+        "a command ran without the lock"
+    );
+}
+
+#[test]
+fn a_wait_longer_than_a_second_says_so_once_naming_the_holder() {
+    let sandbox = Sandbox::new();
+    let holder = sandbox.spawn("A", run_gate(&sandbox, "s.jsonl", "A", &[]));
+    sandbox.wait_entered("A");
+    let mut waiter = sandbox.spawn("B", ["run", "s.jsonl", "--", "true"]);
+    let expected = format!(
+        "sessionlock: waiting for the write lock on {}, held by pid {} (run) for",
+        sandbox.path("s.jsonl").display(),
+        holder.pid()
+    );
+    waiter.wait_stderr(&expected);
+    sandbox.open("A");
+    assert_eq!(waiter.wait_code(), 0);
+    assert_eq!(waiter.stderr().lines().count(), 1, "{}", waiter.stderr());
+    assert_eq!(waiter.stdout(), "");
+}
+
+#[test]
+fn the_childs_exit_status_passes_through() {
+    let sandbox = Sandbox::new();
+    for (script, code) in [
+        ("exit 0", 0),
+        ("exit 7", 7),
+        ("kill -9 $$", 137),
+        ("kill -TERM $$", 143),
+    ] {
+        sandbox
+            .cmd(["run", "s.jsonl", "--", "sh", "-c", script])
+            .assert()
+            .code(code)
+            .stderr("");
+    }
+}
+
+#[test]
+fn a_missing_command_is_127_and_a_non_executable_one_is_126() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .cmd(["run", "s.jsonl", "--", "no-such-command-here"])
+        .assert()
+        .code(127)
+        .get_output()
+        .clone();
+    assert!(one_line(&out.stderr).contains("command not found: no-such-command-here"));
+    fs::write(sandbox.path("plain.txt"), "not a program").unwrap();
+    let out = sandbox
+        .cmd(["run", "s.jsonl", "--", "./plain.txt"])
+        .assert()
+        .code(126)
+        .get_output()
+        .clone();
+    assert!(one_line(&out.stderr).contains("cannot execute"));
+    // The lock was released after the failed spawn.
+    sandbox
+        .cmd(["run", "-n", "s.jsonl", "--", "true"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn the_child_gets_the_key_and_mode_in_its_environment() {
+    let sandbox = Sandbox::new();
+    fs::create_dir(sandbox.path("d")).unwrap();
+    symlink("d", sandbox.path("alias")).unwrap();
+    sandbox
+        .cmd([
+            "run",
+            "alias/s.jsonl",
+            "--",
+            "sh",
+            "-c",
+            "printf '%s %s' \"$SESSIONLOCK_SESSION\" \"$SESSIONLOCK_MODE\"",
+        ])
+        .assert()
+        .success()
+        .stdout(format!("{} run", sandbox.path("d/s.jsonl").display()));
+}
+
+#[test]
+fn the_child_never_inherits_a_lock_descriptor() {
+    let sandbox = Sandbox::new();
+    let _holder = sandbox.spawn("A", run_gate(&sandbox, "s.jsonl", "A", &[]));
+    sandbox.wait_entered("A");
+    // B takes the lock after waiting (the helper-thread path), then lists its child's descriptors.
+    let mut waiter = sandbox.spawn(
+        "B",
+        [
+            "run",
+            "-v",
+            "s.jsonl",
+            "--",
+            "sh",
+            "-c",
+            "for f in /proc/self/fd/*; do readlink \"$f\"; done > fds; exit 0",
+        ],
+    );
+    waiter.wait_stderr("waiting for the write lock");
+    sandbox.open("A");
+    assert_eq!(waiter.wait_code(), 0);
+    // The same listing without the wrapper: whatever the test harness itself passes down.
+    let mut baseline = std::process::Command::new("sh");
+    baseline.current_dir(sandbox.root()).args([
+        "-c",
+        "for f in /proc/self/fd/*; do readlink \"$f\"; done > fds.base; exit 0",
+    ]);
+    let mut base = sandbox.spawn_command("base", baseline);
+    assert_eq!(base.wait_code(), 0);
+    let inherited: Vec<String> = sandbox
+        .read("fds.base")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let fds = sandbox.read("fds");
+    assert!(fds.contains("/fds"), "the listing did not run: {fds}");
+    let extra: Vec<&str> = fds
+        .lines()
+        .filter(|l| {
+            !inherited.iter().any(|i| i == l)
+                && !l.ends_with("/err.B")
+                && !l.ends_with("/err.base")
+                && !l.ends_with("/fds")
+        })
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "descriptors leaked into the child: {extra:?}"
+    );
+}
+
+#[test]
+fn sigkill_of_the_holder_hands_the_lock_to_the_waiter_at_once() {
+    let sandbox = Sandbox::new();
+    let holder = sandbox.spawn("A", run_gate(&sandbox, "s.jsonl", "A", &[]));
+    sandbox.wait_entered("A");
+    let mut waiter = sandbox.spawn("B", run_gate(&sandbox, "s.jsonl", "B", &[]));
+    waiter.wait_stderr("waiting for the write lock");
+    assert!(!sandbox.entered("B"));
+    holder.signal(Signal::SIGKILL);
+    // A's child is still in its window, but it never held the lock: B gets it.
+    sandbox.wait_entered("B");
+    assert!(!sandbox.path("go.A").exists());
+    sandbox.open("B");
+    assert_eq!(waiter.wait_code(), 0);
+}
+
+#[test]
+fn signals_sent_to_the_wrapper_reach_the_child() {
+    let sandbox = Sandbox::new();
+    for signal in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        let name = signal.as_str();
+        let script = format!(
+            "trap 'echo {name} > got.{name}; exit 3' {}; : > in.{name}; \
+             while :; do sleep 0.01; done",
+            &name[3..]
+        );
+        let mut wrapper = sandbox.spawn(name, ["run", "s.jsonl", "--", "sh", "-c", &script]);
+        sandbox.wait_entered(name);
+        wrapper.signal(signal);
+        assert_eq!(wrapper.wait_code(), 3, "{name}: {}", wrapper.stderr());
+        assert_eq!(sandbox.read(format!("got.{name}")).trim(), name);
+    }
+    // A child that does not catch it dies of it, and the wrapper reports 128 + N.
+    let mut wrapper = sandbox.spawn(
+        "plain",
+        [
+            "run",
+            "s.jsonl",
+            "--",
+            "sh",
+            "-c",
+            ": > in.plain; while :; do sleep 0.01; done",
+        ],
+    );
+    sandbox.wait_entered("plain");
+    wrapper.signal(Signal::SIGTERM);
+    assert_eq!(wrapper.wait_code(), 143);
+}
+
+#[test]
+fn a_signal_while_waiting_for_the_lock_exits_128_plus_n_without_running_the_command() {
+    let sandbox = Sandbox::new();
+    let _holder = sandbox.spawn("A", run_gate(&sandbox, "s.jsonl", "A", &[]));
+    sandbox.wait_entered("A");
+    let mut waiter = sandbox.spawn("B", run_gate(&sandbox, "s.jsonl", "B", &[]));
+    waiter.wait_stderr("waiting for the write lock");
+    waiter.signal(Signal::SIGTERM);
+    assert_eq!(waiter.wait_code(), 143);
+    assert!(
+        waiter
+            .stderr()
+            .contains("interrupted by SIGTERM while waiting for the write lock")
+    );
+    assert!(!sandbox.entered("B"));
+}
+
+#[test]
+fn a_missing_session_directory_is_66_and_creates_nothing() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .cmd(["run", "nodir/s.jsonl", "--", "touch", "ran"])
+        .assert()
+        .code(66)
+        .get_output()
+        .clone();
+    assert!(one_line(&out.stderr).contains("nodir/s.jsonl"));
+    assert!(!sandbox.path("nodir").exists() && !sandbox.path("ran").exists());
+}
+
+#[test]
+fn a_directory_as_session_is_66() {
+    let sandbox = Sandbox::new();
+    fs::create_dir(sandbox.path("d")).unwrap();
+    let out = sandbox
+        .cmd(["run", "d", "--", "touch", "ran"])
+        .assert()
+        .code(66)
+        .get_output()
+        .clone();
+    assert!(one_line(&out.stderr).contains("is a directory"));
+    assert!(!sandbox.path(".d.sessionlock").exists() && !sandbox.path("ran").exists());
+}
+
+#[test]
+fn an_empty_command_or_a_bad_duration_is_a_usage_error_that_touches_nothing() {
+    let sandbox = Sandbox::new();
+    for args in [
+        &["run", "s.jsonl", "--"][..],
+        &["run", "s.jsonl"][..],
+        &["run", "s.jsonl", "--", ""][..],
+        &["run", "--timeout", "5 parsecs", "s.jsonl", "--", "true"][..],
+        &["run", "--timeout", "5", "s.jsonl", "--", "true"][..],
+    ] {
+        let out = sandbox
+            .cmd(args)
+            .assert()
+            .code(2)
+            .stdout("")
+            .get_output()
+            .clone();
+        one_line(&out.stderr);
+    }
+    let out = sandbox
+        .cmd(["run", "s.jsonl", "--", "true"])
+        .env("SESSIONLOCK_TIMEOUT", "soon")
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    assert!(one_line(&out.stderr).contains("soon"));
+    assert!(!sandbox.path(".s.jsonl.sessionlock").exists());
+}
+
+#[test]
+fn a_sidecar_path_held_by_a_file_or_symlink_is_refused_with_73() {
+    let sandbox = Sandbox::new();
+    fs::write(sandbox.path(".a.jsonl.sessionlock"), "mine").unwrap();
+    let out = sandbox
+        .cmd(["run", "a.jsonl", "--", "touch", "ran"])
+        .assert()
+        .code(73)
+        .get_output()
+        .clone();
+    assert!(one_line(&out.stderr).contains(".a.jsonl.sessionlock"));
+    assert_eq!(sandbox.read(".a.jsonl.sessionlock"), "mine");
+
+    fs::create_dir(sandbox.path("elsewhere")).unwrap();
+    symlink("elsewhere", sandbox.path(".b.jsonl.sessionlock")).unwrap();
+    let out = sandbox
+        .cmd(["run", "b.jsonl", "--", "touch", "ran"])
+        .assert()
+        .code(73)
+        .get_output()
+        .clone();
+    assert!(one_line(&out.stderr).contains("symlink"));
+    assert_eq!(fs::read_dir(sandbox.path("elsewhere")).unwrap().count(), 0);
+    assert!(!sandbox.path("ran").exists());
+}
+
+#[test]
+fn a_planted_symlink_inside_the_sidecar_is_not_followed() {
+    let sandbox = Sandbox::new();
+    fs::create_dir(sandbox.path(".s.jsonl.sessionlock")).unwrap();
+    symlink("../victim", sandbox.path(".s.jsonl.sessionlock/lock")).unwrap();
+    sandbox
+        .cmd(["run", "s.jsonl", "--", "touch", "ran"])
+        .assert()
+        .code(74)
+        .stderr(predicate::str::contains("cannot open the write lock"));
+    assert!(!sandbox.path("victim").exists() && !sandbox.path("ran").exists());
+}
+
+#[test]
+fn a_non_utf8_session_path_works() {
+    let sandbox = Sandbox::new();
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.jsonl");
+    let mut cmd = sandbox.cmd(["run"]);
+    cmd.arg(name)
+        .args(["--", "sh", "-c", "printf x >> \"$SESSIONLOCK_SESSION\""]);
+    cmd.assert().success();
+    assert_eq!(fs::read(sandbox.path(name)).unwrap(), b"x");
+    let sidecar = std::ffi::OsStr::from_bytes(b".caf\xe9.jsonl.sessionlock");
+    assert!(sandbox.path(sidecar).is_dir());
+}
+
+#[test]
+fn no_permission_on_the_session_directory_is_77() {
+    let sandbox = Sandbox::new();
+    let ro = sandbox.path("ro");
+    fs::create_dir(&ro).unwrap();
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+    fs::set_permissions(sandbox.root(), fs::Permissions::from_mode(0o755)).unwrap();
+    // Root ignores directory permissions: run the binary as `nobody` then.
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let mut c = assert_cmd::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(crate::support::bin());
+        c
+    } else {
+        assert_cmd::Command::new(crate::support::bin())
+    };
+    cmd.current_dir(sandbox.root())
+        .args(["run", "ro/s.jsonl", "--", "true"]);
+    let out = cmd.assert().code(77).get_output().clone();
+    let line = one_line(&out.stderr);
+    assert!(line.contains("permission denied"), "{line}");
+    assert_eq!(fs::read_dir(&ro).unwrap().count(), 0);
+}

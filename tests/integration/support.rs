@@ -1,0 +1,252 @@
+//! Shared test helpers: a sandbox directory, the binary under test, gate children that hold a
+//! window open until told, wrappers in their own process group killed on drop, and waits on
+//! states (files, stderr lines, exits) with a generous deadline, never on time alone.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+/// How long a state may take to appear on a loaded machine before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+/// The poll interval of `wait_for`; the only sleep the tests use.
+const POLL: Duration = Duration::from_millis(5);
+
+/// The gate: logs `enter NAME`, marks `in.NAME`, waits for `go.NAME`, logs `exit NAME`, exits
+/// with `$2` (default 0). Stops when the sandbox disappears, so it never outlives a test.
+const GATE: &str = r#"#!/bin/sh
+d=$(dirname "$0")
+echo "enter $1" >> "$d/log"
+: > "$d/in.$1"
+while [ ! -e "$d/go.$1" ]; do
+  [ -d "$d" ] || exit 99
+  sleep 0.01
+done
+echo "exit $1" >> "$d/log"
+exit "${2:-0}"
+"#;
+
+/// The binary under test.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_sessionlock"))
+}
+
+/// A temporary directory with the gate script in it; every command runs inside it.
+pub struct Sandbox {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = fs::canonicalize(dir.path()).expect("canonical temp dir");
+        let gate = root.join("gate.sh");
+        fs::write(&gate, GATE).unwrap();
+        Self { _dir: dir, root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// `sessionlock ARGS` in the sandbox, for `assert_cmd`.
+    pub fn cmd<I, S>(&self, args: I) -> assert_cmd::Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = assert_cmd::Command::new(bin());
+        cmd.current_dir(&self.root)
+            .args(args)
+            .env_remove("SESSIONLOCK_TIMEOUT");
+        cmd
+    }
+
+    /// The argv of a gate child named `name`.
+    pub fn gate(&self, name: &str) -> Vec<String> {
+        vec![
+            "sh".into(),
+            self.path("gate.sh").display().to_string(),
+            name.into(),
+        ]
+    }
+
+    /// Start `sessionlock ARGS` in its own process group; stdout and stderr go to
+    /// `out.NAME` and `err.NAME`.
+    pub fn spawn<I, S>(&self, name: &str, args: I) -> Proc
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(bin());
+        cmd.current_dir(&self.root)
+            .args(args)
+            .env_remove("SESSIONLOCK_TIMEOUT");
+        self.spawn_command(name, cmd)
+    }
+
+    /// Start any command in its own process group with stdout/stderr captured as in `spawn`.
+    pub fn spawn_command(&self, name: &str, mut cmd: Command) -> Proc {
+        let out = fs::File::create(self.path(format!("out.{name}"))).unwrap();
+        let err = fs::File::create(self.path(format!("err.{name}"))).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd.spawn().expect("spawn sessionlock");
+        Proc {
+            child,
+            name: name.into(),
+            root: self.root.clone(),
+            status: None,
+        }
+    }
+
+    /// Open the gate of `name`: its window ends.
+    pub fn open(&self, name: &str) {
+        fs::write(self.path(format!("go.{name}")), "").unwrap();
+    }
+
+    /// Has the gate child `name` entered its window?
+    pub fn entered(&self, name: &str) -> bool {
+        self.path(format!("in.{name}")).exists()
+    }
+
+    /// Wait until the gate child `name` is inside its window.
+    pub fn wait_entered(&self, name: &str) {
+        wait_for(&format!("{name} to enter its window"), || {
+            self.entered(name)
+        });
+    }
+
+    /// The gate log: `enter A`, `exit A`, ... in the order they happened.
+    pub fn log(&self) -> Vec<String> {
+        fs::read_to_string(self.path("log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn read(&self, rel: impl AsRef<Path>) -> String {
+        fs::read_to_string(self.path(rel)).unwrap_or_default()
+    }
+}
+
+/// A running wrapper in its own process group; the whole group is killed on drop.
+pub struct Proc {
+    child: Child,
+    name: String,
+    root: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.root.join(format!("err.{}", self.name))).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(self.root.join(format!("out.{}", self.name))).unwrap_or_default()
+    }
+
+    /// Wait until its stderr contains `needle`.
+    pub fn wait_stderr(&self, needle: &str) {
+        wait_for(&format!("{} to say {needle:?}", self.name), || {
+            self.stderr().contains(needle)
+        });
+    }
+
+    /// Send `signal` to the wrapper process only.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Wait for the wrapper to exit (within the deadline) and return its exit code.
+    pub fn wait_code(&mut self) -> i32 {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.status = Some(status);
+                return status
+                    .code()
+                    .unwrap_or_else(|| panic!("{} died of a signal: {status:?}", self.name));
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{} did not exit; stderr: {}",
+                self.name,
+                self.stderr()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Has it exited yet? (Does not wait.)
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `check` until it holds; fail with `what` after the deadline.
+pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Assert that the log shows windows that never overlap: `enter X` is always followed by `exit X`.
+pub fn assert_no_overlap(log: &[String]) {
+    assert!(log.len().is_multiple_of(2), "unfinished windows in {log:?}");
+    for pair in log.chunks(2) {
+        let enter = pair[0].strip_prefix("enter ");
+        let exit = pair[1].strip_prefix("exit ");
+        assert!(enter.is_some() && enter == exit, "windows overlap: {log:?}");
+    }
+}
+
+/// The order in which gate children entered.
+pub fn entry_order(log: &[String]) -> Vec<String> {
+    log.iter()
+        .filter_map(|l| l.strip_prefix("enter ").map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn assert_no_overlap_catches_an_overlap() {
+    let overlapping: Vec<String> = ["enter A", "enter B", "exit A", "exit B"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    assert!(std::panic::catch_unwind(|| assert_no_overlap(&overlapping)).is_err());
+    let serial: Vec<String> = ["enter A", "exit A", "enter B", "exit B"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    assert_no_overlap(&serial);
+}
