@@ -24,22 +24,31 @@ EXIT STATUS
     77  permission denied
    126  command found but not executable
    127  command not found
+   128+N  interrupted by signal N while waiting
   Every failure prints exactly one line `sessionlock: <what happened> (<file>)` on stderr.
-  The wrapper never writes to stdout.
+  The wrapper never writes to stdout, except `status`.
 
 FILES
-  <dir>/.<name>.sessionlock/         the sidecar of <dir>/<name>, created on first use
-  <dir>/.<name>.sessionlock/lock     the write lock's target (flock); never renamed or deleted
-  <dir>/.<name>.sessionlock/holder   who holds the write lock (pid, mode, since, command)
+  <dir>/.<name>.sessionlock/             the sidecar of <dir>/<name>, created on first use
+  <dir>/.<name>.sessionlock/lock         the write lock's target (flock); never renamed or deleted
+  <dir>/.<name>.sessionlock/holder       who holds the write lock (pid, mode, ticket, since, command)
+  <dir>/.<name>.sessionlock/queue        the prompt turns in order (JSON)
+  <dir>/.<name>.sessionlock/queue.lock   guards queue and tickets/ (held for microseconds)
+  <dir>/.<name>.sessionlock/tickets/N    one per running wrapper, flocked by it: its proof of life
+  <dir>/.<name>.sessionlock/state        the fence state: generation, last outside change, fingerprint
 
 ENVIRONMENT
-  The command gets SESSIONLOCK_SESSION (the canonical session path) and SESSIONLOCK_MODE.
-  SESSIONLOCK_TIMEOUT sets the default of --timeout.";
+  The command gets SESSIONLOCK_SESSION (the canonical session path), SESSIONLOCK_MODE and,
+  in prompt mode, SESSIONLOCK_TICKET.
+  SESSIONLOCK_TIMEOUT and SESSIONLOCK_TURN_TIMEOUT set the defaults of --timeout and
+  --turn-timeout.";
 
 /// Serialize everything that touches one JSONL session file, across processes.
 ///
-/// Wrap any command in a mode: `run` holds the write lock for the whole command. Every spelling of
-/// one file (relative, absolute, through symlinks) takes the same lock.
+/// Wrap any command in a mode: `run` holds the write lock for the whole command; `prompt` queues
+/// for a first-come-first-served turn and releases the lock while the command (a provider call)
+/// runs, then checks that nobody changed the file from outside; `idle-wait` waits with a fence
+/// and no turn. Every spelling of one file (relative, absolute, through symlinks) is one lock.
 #[derive(Parser, Debug)]
 #[command(
     name = "sessionlock",
@@ -58,6 +67,13 @@ pub struct Cli {
 pub enum Command {
     /// Hold the write lock for the whole command (appending a message, rewriting in a compaction)
     Run(RunArgs),
+    /// Take a first-come-first-served prompt turn, release the write lock while the command runs
+    /// (the provider call), then take it back and check nobody changed the file from outside
+    Prompt(PromptArgs),
+    /// Like prompt but holding no turn: wait for something (a compaction, a timer) with a fence
+    IdleWait(IdleWaitArgs),
+    /// Show who holds the write lock, the queue of prompt turns and the fence state
+    Status(StatusArgs),
     /// Write the shell completions and man pages into a directory (for packagers and the docs check)
     #[command(hide = true, name = "generate-docs")]
     GenerateDocs {
@@ -120,6 +136,53 @@ pub struct RunArgs {
     pub lock: LockOpts,
     #[command(flatten)]
     pub target: Target,
+}
+
+#[derive(Args, Debug)]
+pub struct PromptArgs {
+    #[command(flatten)]
+    pub lock: LockOpts,
+    /// Give up waiting for the prompt turn after this long
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10m",
+        env = "SESSIONLOCK_TURN_TIMEOUT",
+        value_parser = parse_duration
+    )]
+    pub turn_timeout: Duration,
+    #[command(flatten)]
+    pub fence: FenceOpts,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Args, Debug)]
+pub struct IdleWaitArgs {
+    #[command(flatten)]
+    pub lock: LockOpts,
+    #[command(flatten)]
+    pub fence: FenceOpts,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Options of the modes with a window and a fence.
+#[derive(Args, Debug, Clone)]
+pub struct FenceOpts {
+    /// Treat any change during the window as a takeover, even one made under the write lock
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print one JSON object (stable field names, see the README) instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// The session file
+    #[arg(value_name = "SESSION", value_hint = ValueHint::FilePath)]
+    pub session: PathBuf,
 }
 
 /// A humantime duration: `500ms`, `30s`, `5m`, `1h 30m`.

@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use crate::cli::{LockOpts, Target};
+use crate::cli::{FenceOpts, LockOpts, Target};
 use crate::exit::{self, Failure};
 use crate::key::{self, Key};
 
@@ -13,6 +13,8 @@ use crate::key::{self, Key};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Run,
+    Prompt,
+    IdleWait,
 }
 
 impl Mode {
@@ -21,6 +23,8 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Run => "run",
+            Mode::Prompt => "prompt",
+            Mode::IdleWait => "idle-wait",
         }
     }
 }
@@ -44,11 +48,21 @@ pub struct Config {
     /// Exit status for busy / not in time.
     pub conflict_code: u8,
     pub verbosity: Verbosity,
+    /// Bound on the wait for a prompt turn; zero with `--nonblock`.
+    pub turn_timeout: Duration,
+    /// Any change in the window is a takeover.
+    pub strict: bool,
 }
 
 impl Config {
     /// Check the options and resolve the session key.
-    pub fn new(mode: Mode, lock: &LockOpts, target: Target) -> Result<Self, Failure> {
+    pub fn new(
+        mode: Mode,
+        lock: &LockOpts,
+        fence: Option<&FenceOpts>,
+        turn_timeout: Option<Duration>,
+        target: Target,
+    ) -> Result<Self, Failure> {
         if target.command.first().is_none_or(|p| p.is_empty()) {
             return Err(Failure::new(
                 exit::USAGE,
@@ -78,6 +92,12 @@ impl Config {
             },
             conflict_code: lock.conflict_exit_code,
             verbosity,
+            turn_timeout: if lock.nonblock {
+                Duration::ZERO
+            } else {
+                turn_timeout.unwrap_or(Duration::ZERO)
+            },
+            strict: fence.is_some_and(|f| f.strict),
         })
     }
 

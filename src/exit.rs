@@ -10,7 +10,7 @@ use std::path::Path;
 /// Command-line usage error (clap's code, kept for flock(1)-like scripts).
 pub const USAGE: u8 = 2;
 /// `--append`: the child's output is not valid JSONL, or the session ends in an incomplete line.
-#[allow(dead_code)] // the commit path (--append) is not built yet
+#[allow(dead_code)] // --append comes next
 pub const DATA: u8 = 65;
 /// The session path cannot be used: its directory is missing, or it is a directory.
 pub const NO_INPUT: u8 = 66;
@@ -23,7 +23,6 @@ pub const IO: u8 = 74;
 /// The write lock or the prompt turn was not obtained in time, or `--nonblock` found it busy.
 pub const BUSY: u8 = 75;
 /// Takeover: the session file changed from outside during the prompt window.
-#[allow(dead_code)] // prompt turns are not built yet
 pub const TAKEOVER: u8 = 76;
 /// Permission denied on the session file, its directory or the sidecar.
 pub const NO_PERM: u8 = 77;

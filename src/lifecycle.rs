@@ -1,154 +1,165 @@
-//! The modes' lifecycles, written once: take the write lock, run the child, release.
+//! The modes' lifecycles, written once against `Coordinator`: `run` holds the write lock through
+//! the child; `prompt` waits for its FIFO turn, releases the lock for the window and checks the
+//! fence after it; `idle-wait` does the same without a turn.
+//!
+//! The ticket (and with it the queue entry) is dropped on every way out, so a failure anywhere,
+//! a timeout or a signal leaves no trace; only SIGKILL leaves a dead entry, reaped by the next
+//! process that looks.
 
 use std::ffi::OsString;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::child;
-use crate::config::{Config, Verbosity};
+use crate::config::{Config, Mode};
+use crate::coord::{Coordinator, Files, Phase, TurnWait};
 use crate::exit::{self, Failure};
-use crate::lock::{self, Notice, Waited};
-use crate::sidecar::{self, Holder, Sidecar};
+use crate::fence::Verdict;
+use crate::sidecar::Sidecar;
 use crate::signal::{self, Signals};
 
-/// How long a wait lasts before it is worth a notice on stderr.
-const NOTICE_AFTER: Duration = Duration::from_secs(1);
-
-/// `run`: hold the write lock for the whole child.
-pub fn run(config: &Config) -> Result<u8, Failure> {
+/// Run the configured mode.
+pub fn execute(config: &Config) -> Result<u8, Failure> {
     let sidecar = Sidecar::create(&config.key)?;
-    let signals = install_signals(config)?;
-    let guard = WriteGuard::acquire(config, &sidecar, &signals)?;
-    let mut child = child::spawn(
-        child::Spec {
-            argv: &config.argv,
-            env: child_env(config),
-            stdout: None,
-        },
-        config.key.path(),
-    )?;
-    let status = child::wait(&mut child, &signals)
-        .map_err(|e| Failure::io("cannot wait for the command", &e, config.key.path()))?;
-    drop(guard);
-    config.detail(&format!(
-        "released the write lock on {}",
-        config.key.path().display()
-    ));
-    Ok(child::exit_code(status))
-}
-
-fn install_signals(config: &Config) -> Result<Signals, Failure> {
-    Signals::install().map_err(|e| {
+    let signals = Signals::install().map_err(|e| {
         let mut f = Failure::io("cannot install signal handlers", &e, config.key.path());
         f.code = exit::SOFTWARE;
         f
-    })
+    })?;
+    let files = Files::new(config, sidecar, &signals);
+    let code = match config.mode {
+        Mode::Run => run(&files, config, &signals),
+        Mode::Prompt => prompt(&files, config, &signals),
+        Mode::IdleWait => idle_wait(&files, config, &signals),
+    }?;
+    config.detail(&format!("done with {}", config.key.path().display()));
+    Ok(code)
 }
 
-/// The environment the child gets on top of the wrapper's.
-fn child_env(config: &Config) -> Vec<(&'static str, OsString)> {
-    vec![
-        (
-            "SESSIONLOCK_SESSION",
-            config.key.path().as_os_str().to_owned(),
-        ),
-        ("SESSIONLOCK_MODE", config.mode.name().into()),
-    ]
+/// `run`: hold the write lock for the whole child; publish its change as an owned write.
+fn run<C: Coordinator>(c: &C, config: &Config, signals: &Signals) -> Result<u8, Failure> {
+    let ticket = c.issue()?;
+    let lock = c.write_lock(&ticket, Phase::Enter)?;
+    let before = c.observe(&lock)?;
+    let code = run_child(config, signals, C::ticket_id(&ticket));
+    // Whatever the child did to the file, it did under the lock: it is owned.
+    c.publish_owned(&lock, &before)?;
+    drop(lock);
+    c.leave(ticket)?;
+    code
 }
 
-/// The write lock, held; its holder record is removed just before the lock is released.
-pub struct WriteGuard<'a> {
-    sidecar: &'a Sidecar,
-    _held: lock::Held,
-}
-
-impl<'a> WriteGuard<'a> {
-    /// Take the write lock within `--timeout`, saying so once if the wait is long.
-    pub fn acquire(
-        config: &Config,
-        sidecar: &'a Sidecar,
-        signals: &Signals,
-    ) -> Result<Self, Failure> {
-        let file = sidecar.open_lock_target()?;
-        let session = config.key.path();
-        let mut say = || {
-            config.notice(&format!(
-                "waiting for the write lock on {}{}",
-                session.display(),
-                held_by(sidecar)
-            ));
-        };
-        let notice = (config.verbosity > Verbosity::Quiet).then(|| Notice {
-            after: if config.verbosity == Verbosity::Verbose {
-                Duration::ZERO
-            } else {
-                NOTICE_AFTER
-            },
-            say: &mut say,
-        });
-        let started = Instant::now();
-        let deadline = signal::deadline(config.lock_timeout);
-        let held = match lock::wait_exclusive(file, deadline, signals, notice) {
-            Ok(Waited::Held(held)) => held,
-            Ok(Waited::TimedOut) => {
-                let what = if config.lock_timeout.is_zero() {
-                    format!("the write lock is busy{}", held_by(sidecar))
+/// `prompt`: the ten steps of DESIGN.md.
+fn prompt<C: Coordinator>(c: &C, config: &Config, signals: &Signals) -> Result<u8, Failure> {
+    let session = config.key.path();
+    let mut ticket = c.issue()?;
+    // 1-2: take the write lock and join the queue under it.
+    let mut lock = c.write_lock(&ticket, Phase::Enter)?;
+    c.join(&lock, &mut ticket)?;
+    // 3: while an earlier live turn exists, wait for it without the write lock.
+    let turn_deadline = signal::deadline(config.turn_timeout);
+    let started = Instant::now();
+    while let Some(ahead) = c.ahead(&ticket)? {
+        drop(lock);
+        match c.wait_turn(ahead, turn_deadline)? {
+            TurnWait::Ended => {}
+            TurnWait::TimedOut => {
+                let what = if config.turn_timeout.is_zero() {
+                    "the prompt turn is busy".to_owned()
                 } else {
                     format!(
-                        "timed out after {} waiting for the write lock{}",
-                        humantime::format_duration(config.lock_timeout),
-                        held_by(sidecar)
+                        "timed out after {} waiting for a prompt turn",
+                        humantime::format_duration(config.turn_timeout)
                     )
                 };
                 return Err(Failure::new(config.conflict_code, what, session));
             }
-            Ok(Waited::Interrupted(received)) => {
+            TurnWait::Interrupted(received) => {
                 return Err(Failure::new(
                     exit::signalled(received.signal as i32),
                     format!(
-                        "interrupted by {} while waiting for the write lock",
+                        "interrupted by {} while waiting for a prompt turn",
                         received.signal
                     ),
                     session,
                 ));
             }
-            Err(e) => {
-                return Err(Failure::io(
-                    "cannot take the write lock",
-                    &e,
-                    &sidecar.path(sidecar::LOCK),
-                ));
-            }
+        }
+        lock = c.write_lock(&ticket, Phase::Turn)?;
+    }
+    config.detail(&format!(
+        "prompt turn {} began after {}ms",
+        C::ticket_id(&ticket),
+        started.elapsed().as_millis()
+    ));
+    // 4-7: fence, window, reacquire, check.
+    let code = window(c, config, signals, lock, &ticket)?;
+    // 9-10: leave the queue, which wakes the next turn.
+    c.leave(ticket)?;
+    Ok(code)
+}
+
+/// `idle-wait`: a window with a fence, holding no turn.
+fn idle_wait<C: Coordinator>(c: &C, config: &Config, signals: &Signals) -> Result<u8, Failure> {
+    let ticket = c.issue()?;
+    let lock = c.write_lock(&ticket, Phase::Enter)?;
+    let code = window(c, config, signals, lock, &ticket)?;
+    c.leave(ticket)?;
+    Ok(code)
+}
+
+/// Take the fence, release the write lock, run the child, take the lock back, check the fence.
+/// A failed child ends here with its own status: there is nothing to check or commit.
+fn window<C: Coordinator>(
+    c: &C,
+    config: &Config,
+    signals: &Signals,
+    lock: C::WriteLock,
+    ticket: &C::Ticket,
+) -> Result<u8, Failure> {
+    let fence = c.fence(&lock)?;
+    drop(lock);
+    let code = run_child(config, signals, C::ticket_id(ticket))?;
+    if code != 0 {
+        return Ok(code);
+    }
+    let lock = c.write_lock(ticket, Phase::AfterWindow)?;
+    if let Verdict::Takeover(change) = c.check(&lock, &fence)? {
+        let what = if config.strict {
+            "the session file changed during the prompt window"
+        } else {
+            "the session file changed from outside during the prompt window"
         };
-        let guard = Self {
-            sidecar,
-            _held: held,
-        };
-        sidecar.write_holder(&Holder {
-            pid: std::process::id(),
-            mode: config.mode.name().to_owned(),
-            ticket: None,
-            since_ms: sidecar::now_ms(),
-            command: child::command_name(&config.argv),
-        })?;
-        config.detail(&format!(
-            "took the write lock on {} after {}ms",
-            session.display(),
-            started.elapsed().as_millis()
+        return Err(Failure::new(
+            exit::TAKEOVER,
+            format!("takeover: {what} ({change}); nothing committed"),
+            config.key.path(),
         ));
-        Ok(guard)
     }
+    drop(lock);
+    Ok(code)
 }
 
-impl Drop for WriteGuard<'_> {
-    fn drop(&mut self) {
-        self.sidecar.clear_holder();
+/// Start the child, wait for it (forwarding signals), and return the code it maps to.
+fn run_child(config: &Config, signals: &Signals, ticket: u64) -> Result<u8, Failure> {
+    let mut env: Vec<(&'static str, OsString)> = vec![
+        (
+            "SESSIONLOCK_SESSION",
+            config.key.path().as_os_str().to_owned(),
+        ),
+        ("SESSIONLOCK_MODE", config.mode.name().into()),
+    ];
+    if config.mode == Mode::Prompt {
+        env.push(("SESSIONLOCK_TICKET", ticket.to_string().into()));
     }
-}
-
-/// ", held by pid 123 (run) for 4s", or nothing when no holder is recorded.
-fn held_by(sidecar: &Sidecar) -> String {
-    sidecar
-        .read_holder()
-        .map(|h| format!(", held by {}", h.describe()))
-        .unwrap_or_default()
+    let mut child = child::spawn(
+        child::Spec {
+            argv: &config.argv,
+            env,
+            stdout: None,
+        },
+        config.key.path(),
+    )?;
+    let status = child::wait(&mut child, signals)
+        .map_err(|e| Failure::io("cannot wait for the command", &e, config.key.path()))?;
+    Ok(child::exit_code(status))
 }

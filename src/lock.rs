@@ -19,15 +19,6 @@ pub struct Held {
     file: File,
 }
 
-impl Held {
-    /// The locked file.
-    #[must_use]
-    #[allow(dead_code)] // for tickets (prompt turns)
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-}
-
 impl Drop for Held {
     fn drop(&mut self) {
         // Closing the descriptor would free it too; unlock first so the release does not wait
@@ -53,6 +44,12 @@ pub fn try_exclusive(file: File) -> io::Result<Result<Held, File>> {
         Err(fs4::TryLockError::WouldBlock) => Ok(Err(file)),
         Err(fs4::TryLockError::Error(e)) => Err(e),
     }
+}
+
+/// Wait for the lock with no bound: only for locks everyone holds for microseconds.
+pub fn block_exclusive(file: File) -> io::Result<Held> {
+    fs4::FileExt::lock(&file)?;
+    Ok(Held { file })
 }
 
 /// Something to say once when a wait lasts longer than `after`.
@@ -117,7 +114,6 @@ pub fn wait_exclusive(
 
 /// Is `file` locked by someone right now? Takes and drops the lock for an instant if it is free;
 /// only for lock files nobody contends for as a writer (tickets), never for the write lock.
-#[allow(dead_code)] // for tickets (prompt turns)
 pub fn is_locked(file: &File) -> io::Result<bool> {
     match fs4::FileExt::try_lock(file) {
         Ok(()) => {

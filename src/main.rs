@@ -3,13 +3,17 @@
 mod child;
 mod cli;
 mod config;
+mod coord;
 mod docs;
 mod exit;
+mod fence;
 mod key;
 mod lifecycle;
 mod lock;
+mod queue;
 mod sidecar;
 mod signal;
+mod status;
 
 use std::process::ExitCode;
 
@@ -40,9 +44,30 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => {
-            let config = Config::new(Mode::Run, &args.lock, args.target)?;
-            Ok(lifecycle::run(&config)?)
+            let config = Config::new(Mode::Run, &args.lock, None, None, args.target)?;
+            Ok(lifecycle::execute(&config)?)
         }
+        Command::Prompt(args) => {
+            let config = Config::new(
+                Mode::Prompt,
+                &args.lock,
+                Some(&args.fence),
+                Some(args.turn_timeout),
+                args.target,
+            )?;
+            Ok(lifecycle::execute(&config)?)
+        }
+        Command::IdleWait(args) => {
+            let config = Config::new(
+                Mode::IdleWait,
+                &args.lock,
+                Some(&args.fence),
+                None,
+                args.target,
+            )?;
+            Ok(lifecycle::execute(&config)?)
+        }
+        Command::Status(args) => Ok(status::show(&args.session, args.json)?),
         Command::GenerateDocs { dir } => docs::generate(&dir).map(|()| 0),
     }
 }

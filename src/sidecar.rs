@@ -59,7 +59,6 @@ impl Sidecar {
         }
     }
 
-    #[allow(dead_code)] // for status
     /// The existing sidecar of `key`, or `None` if there is none yet; never creates it.
     pub fn existing(key: &Key) -> Result<Option<Self>, Failure> {
         let sidecar = Self::locate(key);
@@ -93,7 +92,6 @@ impl Sidecar {
     }
 
     /// The sidecar directory.
-    #[allow(dead_code)] // for status
     #[must_use]
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -178,9 +176,6 @@ pub fn age(since_ms: u64) -> String {
 pub enum Access {
     /// Read; create empty if missing (lock targets: flock needs no write access).
     CreateRead,
-    /// Read and write; create if missing.
-    #[allow(dead_code)] // for the queue file
-    CreateReadWrite,
     /// Read an existing file.
     Read,
 }
@@ -196,9 +191,6 @@ pub fn open_nofollow(path: &Path, access: Access) -> io::Result<File> {
             // O_CREAT without write access: std refuses `create` without `write`, so ask the OS.
             options.custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_CREAT);
             options.mode(0o666);
-        }
-        Access::CreateReadWrite => {
-            options.write(true).create(true).mode(0o666);
         }
         Access::Read => {}
     }

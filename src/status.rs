@@ -1,0 +1,301 @@
+//! `status`: who holds the write lock, the prompt turns in order, other live wrappers, the fence
+//! state and anything found wrong; as text or as one JSON object with stable field names.
+//!
+//! It only reads: dead entries are reported, and reaped by the next wrapper that meets them.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::exit::Failure;
+use crate::fence::{Fingerprint, Tracker};
+use crate::key;
+use crate::queue::{Queue, Record};
+use crate::sidecar::{self, Sidecar};
+
+/// The whole report (`status --json` prints exactly this).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub session: String,
+    pub sidecar: String,
+    pub sidecar_exists: bool,
+    pub file: FileView,
+    pub lock: LockView,
+    /// Prompt turns, first come first served.
+    pub queue: Vec<TurnView>,
+    /// Live wrappers holding no turn (`run`, `idle-wait`).
+    pub others: Vec<TurnView>,
+    pub fence: Option<FenceView>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FileView {
+    pub exists: bool,
+    pub size: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LockView {
+    pub held: bool,
+    pub holder: Option<HolderView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HolderView {
+    pub pid: u32,
+    pub mode: String,
+    pub ticket: Option<u64>,
+    pub since_ms: u64,
+    pub held_ms: u64,
+    pub command: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TurnView {
+    pub ticket: u64,
+    pub pid: Option<u32>,
+    pub mode: Option<String>,
+    /// `active` (its turn now), `waiting`, or `dead` (its owner died; to be reaped).
+    pub state: &'static str,
+    pub joined_ms: Option<u64>,
+    pub age_ms: Option<u64>,
+    pub command: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FenceView {
+    pub generation: u64,
+    pub outside_generation: u64,
+    pub outside_changes: u64,
+    /// The file is still as last recorded (no outside change since anyone looked).
+    pub in_sync: bool,
+}
+
+/// Print the status of `input` to stdout; exit 0 also when there is no sidecar yet.
+pub fn show(input: &Path, json: bool) -> Result<u8, Failure> {
+    let report = collect(input)?;
+    if json {
+        let text = serde_json::to_string_pretty(&report).expect("a report always serializes");
+        println!("{text}");
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(0)
+}
+
+/// Gather the report without changing anything.
+pub fn collect(input: &Path) -> Result<Report, Failure> {
+    let key = key::resolve(input)?;
+    let session = key.path();
+    let fingerprint = Fingerprint::of(session)
+        .map_err(|e| Failure::io("cannot read the session file", &e, session))?;
+    let located = Sidecar::locate(&key);
+    let mut report = Report {
+        session: session.to_string_lossy().into_owned(),
+        sidecar: located.dir().to_string_lossy().into_owned(),
+        sidecar_exists: false,
+        file: FileView {
+            exists: fingerprint.exists,
+            size: fingerprint.size,
+        },
+        lock: LockView {
+            held: false,
+            holder: None,
+        },
+        queue: Vec::new(),
+        others: Vec::new(),
+        fence: None,
+        problems: Vec::new(),
+    };
+    let Some(sidecar) = Sidecar::existing(&key)? else {
+        return Ok(report);
+    };
+    report.sidecar_exists = true;
+    let queue = Queue::new(&sidecar);
+    let (turns, findings) = queue.snapshot();
+    if findings.unreadable_queue {
+        report.problems.push(
+            "the queue file is unreadable; the next prompt rebuilds it from the live tickets"
+                .into(),
+        );
+    }
+    if findings.missing_ticket_dir {
+        report
+            .problems
+            .push("the ticket directory is missing".into());
+    }
+    let view = |id: u64, record: Option<Record>, state: &'static str| TurnView {
+        ticket: id,
+        pid: record.as_ref().map(|r| r.pid),
+        mode: record.as_ref().map(|r| r.mode.clone()),
+        state,
+        joined_ms: record.as_ref().map(|r| r.joined_ms),
+        age_ms: record
+            .as_ref()
+            .map(|r| sidecar::now_ms().saturating_sub(r.joined_ms)),
+        command: record.map(|r| r.command),
+    };
+    let mut active_seen = false;
+    for &id in &turns.turns {
+        let state = if !queue.is_alive(id) {
+            "dead"
+        } else if active_seen {
+            "waiting"
+        } else {
+            active_seen = true;
+            "active"
+        };
+        if state == "dead" {
+            report.problems.push(format!(
+                "turn {id} is dead (its owner died); the next prompt reaps it"
+            ));
+        }
+        report.queue.push(view(id, queue.read_record(id), state));
+    }
+    for id in queue.ticket_ids() {
+        if turns.turns.contains(&id) {
+            continue;
+        }
+        let record = queue.read_record(id);
+        if queue.is_alive(id) {
+            // A prompt that has a ticket but has not joined yet is about to: not "other".
+            if record.as_ref().is_some_and(|r| r.mode != "prompt") {
+                report.others.push(view(id, record, "active"));
+            }
+        } else {
+            report
+                .problems
+                .push(format!("ticket {id} is stale (its owner died)"));
+        }
+    }
+    if let Some(holder) = sidecar.read_holder() {
+        let alive = holder.ticket.is_some_and(|t| queue.is_alive(t));
+        if alive {
+            report.lock = LockView {
+                held: true,
+                holder: Some(HolderView {
+                    held_ms: sidecar::now_ms().saturating_sub(holder.since_ms),
+                    pid: holder.pid,
+                    mode: holder.mode,
+                    ticket: holder.ticket,
+                    since_ms: holder.since_ms,
+                    command: holder.command,
+                }),
+            };
+        } else {
+            report.problems.push(format!(
+                "a stale holder record names pid {} ({}), which is gone",
+                holder.pid, holder.mode
+            ));
+        }
+    }
+    if let Some(state) = Tracker::new(&sidecar, session).load() {
+        report.fence = Some(FenceView {
+            generation: state.generation,
+            outside_generation: state.outside_generation,
+            outside_changes: state.outside_changes,
+            in_sync: state.fingerprint == fingerprint,
+        });
+    }
+    Ok(report)
+}
+
+/// The text form of a report.
+fn render(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let size = if r.file.exists {
+        format!("{} bytes", r.file.size)
+    } else {
+        "does not exist yet".into()
+    };
+    let _ = writeln!(out, "session:    {} ({size})", r.session);
+    if !r.sidecar_exists {
+        let _ = writeln!(
+            out,
+            "sidecar:    {} (none yet: nothing has locked this session)",
+            r.sidecar
+        );
+        return out;
+    }
+    let _ = writeln!(out, "sidecar:    {}", r.sidecar);
+    match &r.lock.holder {
+        Some(h) => {
+            let ticket = h
+                .ticket
+                .map(|t| format!(", ticket {t}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "write lock: held by pid {} ({}{ticket}) for {}: {}",
+                h.pid,
+                h.mode,
+                seconds(h.held_ms),
+                h.command
+            );
+        }
+        None => {
+            let _ = writeln!(out, "write lock: free");
+        }
+    }
+    let _ = writeln!(out, "queue:      {} turn(s)", r.queue.len());
+    for (i, t) in r.queue.iter().enumerate() {
+        let _ = writeln!(out, "  {}. {}", i + 1, turn_line(t));
+    }
+    if !r.others.is_empty() {
+        let _ = writeln!(out, "others:     {} running without a turn", r.others.len());
+        for t in &r.others {
+            let _ = writeln!(out, "  - {}", turn_line(t));
+        }
+    }
+    match &r.fence {
+        Some(f) => {
+            let outside = if f.outside_changes == 0 {
+                "no outside change seen".to_owned()
+            } else {
+                format!(
+                    "last outside change at generation {} ({} in all)",
+                    f.outside_generation, f.outside_changes
+                )
+            };
+            let sync = if f.in_sync {
+                "file as recorded"
+            } else {
+                "file changed since recorded"
+            };
+            let _ = writeln!(
+                out,
+                "fence:      generation {}; {outside}; {sync}",
+                f.generation
+            );
+        }
+        None => {
+            let _ = writeln!(out, "fence:      no state recorded yet");
+        }
+    }
+    if r.problems.is_empty() {
+        let _ = writeln!(out, "problems:   none");
+    } else {
+        for p in &r.problems {
+            let _ = writeln!(out, "problem:    {p}");
+        }
+    }
+    out
+}
+
+fn turn_line(t: &TurnView) -> String {
+    format!(
+        "ticket {:<5} pid {:<8} {:<10} {:<8} {:>6}  {}",
+        t.ticket,
+        t.pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+        t.mode.as_deref().unwrap_or("?"),
+        t.state,
+        t.age_ms.map_or_else(|| "?".to_owned(), seconds),
+        t.command.as_deref().unwrap_or("?")
+    )
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{}s", ms / 1000)
+}
