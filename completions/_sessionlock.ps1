@@ -26,6 +26,9 @@ Register-ArgumentCompleter -Native -CommandName 'sessionlock' -ScriptBlock {
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('run', 'run', [CompletionResultType]::ParameterValue, 'Hold the write lock for the whole command (appending a message, rewriting in a compaction)')
+            [CompletionResult]::new('prompt', 'prompt', [CompletionResultType]::ParameterValue, 'Take a first-come-first-served prompt turn, release the write lock while the command runs (the provider call), then take it back and check nobody changed the file from outside')
+            [CompletionResult]::new('idle-wait', 'idle-wait', [CompletionResultType]::ParameterValue, 'Like prompt but holding no turn: wait for something (a compaction, a timer) with a fence')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show who holds the write lock, the queue of prompt turns and the fence state')
             [CompletionResult]::new('generate-docs', 'generate-docs', [CompletionResultType]::ParameterValue, 'Write the shell completions and man pages into a directory (for packagers and the docs check)')
             break
         }
@@ -40,6 +43,51 @@ Register-ArgumentCompleter -Native -CommandName 'sessionlock' -ScriptBlock {
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Say nothing while waiting (errors are still reported)')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Say at once when waiting, and when the lock is taken and released')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Say at once when waiting, and when the lock is taken and released')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'sessionlock;prompt' {
+            [CompletionResult]::new('-t', '-t', [CompletionResultType]::ParameterName, 'Give up on the write lock after this long (e.g. 500ms, 30s, 5m)')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Give up on the write lock after this long (e.g. 500ms, 30s, 5m)')
+            [CompletionResult]::new('-E', '-E ', [CompletionResultType]::ParameterName, 'Exit status when the lock (or turn) is busy or not obtained in time')
+            [CompletionResult]::new('--conflict-exit-code', '--conflict-exit-code', [CompletionResultType]::ParameterName, 'Exit status when the lock (or turn) is busy or not obtained in time')
+            [CompletionResult]::new('--turn-timeout', '--turn-timeout', [CompletionResultType]::ParameterName, 'Give up waiting for the prompt turn after this long')
+            [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'Give up at once if the write lock is busy')
+            [CompletionResult]::new('--nonblock', '--nonblock', [CompletionResultType]::ParameterName, 'Give up at once if the write lock is busy')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Say nothing while waiting (errors are still reported)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Say nothing while waiting (errors are still reported)')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Say at once when waiting, and when the lock is taken and released')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Say at once when waiting, and when the lock is taken and released')
+            [CompletionResult]::new('--strict', '--strict', [CompletionResultType]::ParameterName, 'Treat any change during the window as a takeover, even one made under the write lock')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'sessionlock;idle-wait' {
+            [CompletionResult]::new('-t', '-t', [CompletionResultType]::ParameterName, 'Give up on the write lock after this long (e.g. 500ms, 30s, 5m)')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Give up on the write lock after this long (e.g. 500ms, 30s, 5m)')
+            [CompletionResult]::new('-E', '-E ', [CompletionResultType]::ParameterName, 'Exit status when the lock (or turn) is busy or not obtained in time')
+            [CompletionResult]::new('--conflict-exit-code', '--conflict-exit-code', [CompletionResultType]::ParameterName, 'Exit status when the lock (or turn) is busy or not obtained in time')
+            [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'Give up at once if the write lock is busy')
+            [CompletionResult]::new('--nonblock', '--nonblock', [CompletionResultType]::ParameterName, 'Give up at once if the write lock is busy')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Say nothing while waiting (errors are still reported)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Say nothing while waiting (errors are still reported)')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Say at once when waiting, and when the lock is taken and released')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Say at once when waiting, and when the lock is taken and released')
+            [CompletionResult]::new('--strict', '--strict', [CompletionResultType]::ParameterName, 'Treat any change during the window as a takeover, even one made under the write lock')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'sessionlock;status' {
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object (stable field names, see the README) instead of text')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')

@@ -27,6 +27,9 @@ end
 complete -c sessionlock -n "__fish_sessionlock_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c sessionlock -n "__fish_sessionlock_needs_command" -s V -l version -d 'Print version'
 complete -c sessionlock -n "__fish_sessionlock_needs_command" -f -a "run" -d 'Hold the write lock for the whole command (appending a message, rewriting in a compaction)'
+complete -c sessionlock -n "__fish_sessionlock_needs_command" -f -a "prompt" -d 'Take a first-come-first-served prompt turn, release the write lock while the command runs (the provider call), then take it back and check nobody changed the file from outside'
+complete -c sessionlock -n "__fish_sessionlock_needs_command" -f -a "idle-wait" -d 'Like prompt but holding no turn: wait for something (a compaction, a timer) with a fence'
+complete -c sessionlock -n "__fish_sessionlock_needs_command" -f -a "status" -d 'Show who holds the write lock, the queue of prompt turns and the fence state'
 complete -c sessionlock -n "__fish_sessionlock_needs_command" -f -a "generate-docs" -d 'Write the shell completions and man pages into a directory (for packagers and the docs check)'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s t -l timeout -d 'Give up on the write lock after this long (e.g. 500ms, 30s, 5m)' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit status when the lock (or turn) is busy or not obtained in time' -r
@@ -35,5 +38,25 @@ complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s q -l qui
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s v -l verbose -d 'Say at once when waiting, and when the lock is taken and released'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s h -l help -d 'Print help'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s V -l version -d 'Print version'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s t -l timeout -d 'Give up on the write lock after this long (e.g. 500ms, 30s, 5m)' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s E -l conflict-exit-code -d 'Exit status when the lock (or turn) is busy or not obtained in time' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l turn-timeout -d 'Give up waiting for the prompt turn after this long' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s n -l nonblock -d 'Give up at once if the write lock is busy'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s q -l quiet -d 'Say nothing while waiting (errors are still reported)'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s v -l verbose -d 'Say at once when waiting, and when the lock is taken and released'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l strict -d 'Treat any change during the window as a takeover, even one made under the write lock'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s h -l help -d 'Print help'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s V -l version -d 'Print version'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s t -l timeout -d 'Give up on the write lock after this long (e.g. 500ms, 30s, 5m)' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s E -l conflict-exit-code -d 'Exit status when the lock (or turn) is busy or not obtained in time' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s n -l nonblock -d 'Give up at once if the write lock is busy'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s q -l quiet -d 'Say nothing while waiting (errors are still reported)'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s v -l verbose -d 'Say at once when waiting, and when the lock is taken and released'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l strict -d 'Treat any change during the window as a takeover, even one made under the write lock'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s h -l help -d 'Print help'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s V -l version -d 'Print version'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand status" -l json -d 'Print one JSON object (stable field names, see the README) instead of text'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand status" -s h -l help -d 'Print help'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand status" -s V -l version -d 'Print version'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand generate-docs" -s h -l help -d 'Print help'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand generate-docs" -s V -l version -d 'Print version'

@@ -234,16 +234,14 @@ impl Queue {
         let path = self.sidecar.path(QUEUE);
         let queue = match sidecar::read_small(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => QueueFile::default(),
-            Ok(bytes) => match serde_json::from_slice::<QueueFile>(&bytes) {
-                Ok(queue) => queue,
-                Err(_) => {
+            read => {
+                let parsed = read
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<QueueFile>(&b).ok());
+                parsed.unwrap_or_else(|| {
                     findings.unreadable_queue = true;
                     self.rebuild()
-                }
-            },
-            Err(_) => {
-                findings.unreadable_queue = true;
-                self.rebuild()
+                })
             }
         };
         if !self.tickets_dir().is_dir() && !queue.turns.is_empty() {
@@ -301,14 +299,21 @@ impl Queue {
         (queue, findings)
     }
 
-    /// Remove `id` from the queue and delete its ticket file (its owner is leaving).
+    /// Remove `id` from the queue and delete its ticket file (its owner is leaving); reap dead
+    /// turns anywhere in the queue on the way, so none lingers behind the active one.
     fn remove(&self, id: u64, path: &Path) -> Result<(), Failure> {
         let _guard = self.lock()?;
-        let (mut queue, _) = self.read_locked();
+        let (mut queue, findings) = self.read_locked();
         let before = queue.turns.len();
-        queue.turns.retain(|&t| t != id);
         let _ = fs::remove_file(path);
-        if queue.turns.len() != before {
+        queue.turns.retain(|&t| {
+            let keep = t != id && self.is_alive(t);
+            if !keep && t != id {
+                let _ = fs::remove_file(self.ticket_path(t));
+            }
+            keep
+        });
+        if queue.turns.len() != before || findings.unreadable_queue {
             self.write_locked(&queue)?;
         }
         Ok(())
@@ -325,12 +330,11 @@ fn create_ticket(path: &Path, record: &Record) -> io::Result<Held> {
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)?;
     file.write_all(&serde_json::to_vec(record).expect("a record always serializes"))?;
-    match lock::try_exclusive(file)? {
-        Ok(held) => Ok(held),
-        Err(_) => {
-            let _ = fs::remove_file(path);
-            Err(io::Error::other("a new ticket was locked by someone else"))
-        }
+    if let Ok(held) = lock::try_exclusive(file)? {
+        Ok(held)
+    } else {
+        let _ = fs::remove_file(path);
+        Err(io::Error::other("a new ticket was locked by someone else"))
     }
 }
 

@@ -125,6 +125,21 @@ pub fn collect(input: &Path) -> Result<Report, Failure> {
             .problems
             .push("the ticket directory is missing".into());
     }
+    add_tickets(&mut report, &queue, &turns.turns);
+    add_holder(&mut report, &sidecar, &queue);
+    if let Some(state) = Tracker::new(&sidecar, session).load() {
+        report.fence = Some(FenceView {
+            generation: state.generation,
+            outside_generation: state.outside_generation,
+            outside_changes: state.outside_changes,
+            in_sync: state.fingerprint == fingerprint,
+        });
+    }
+    Ok(report)
+}
+
+/// The queue in order, and the live wrappers holding no turn; dead ones become problems.
+fn add_tickets(report: &mut Report, queue: &Queue, turns: &[u64]) {
     let view = |id: u64, record: Option<Record>, state: &'static str| TurnView {
         ticket: id,
         pid: record.as_ref().map(|r| r.pid),
@@ -137,7 +152,7 @@ pub fn collect(input: &Path) -> Result<Report, Failure> {
         command: record.map(|r| r.command),
     };
     let mut active_seen = false;
-    for &id in &turns.turns {
+    for &id in turns {
         let state = if !queue.is_alive(id) {
             "dead"
         } else if active_seen {
@@ -154,7 +169,7 @@ pub fn collect(input: &Path) -> Result<Report, Failure> {
         report.queue.push(view(id, queue.read_record(id), state));
     }
     for id in queue.ticket_ids() {
-        if turns.turns.contains(&id) {
+        if turns.contains(&id) {
             continue;
         }
         let record = queue.read_record(id);
@@ -169,6 +184,10 @@ pub fn collect(input: &Path) -> Result<Report, Failure> {
                 .push(format!("ticket {id} is stale (its owner died)"));
         }
     }
+}
+
+/// The write lock's holder, if its ticket proves it alive.
+fn add_holder(report: &mut Report, sidecar: &Sidecar, queue: &Queue) {
     if let Some(holder) = sidecar.read_holder() {
         let alive = holder.ticket.is_some_and(|t| queue.is_alive(t));
         if alive {
@@ -190,15 +209,6 @@ pub fn collect(input: &Path) -> Result<Report, Failure> {
             ));
         }
     }
-    if let Some(state) = Tracker::new(&sidecar, session).load() {
-        report.fence = Some(FenceView {
-            generation: state.generation,
-            outside_generation: state.outside_generation,
-            outside_changes: state.outside_changes,
-            in_sync: state.fingerprint == fingerprint,
-        });
-    }
-    Ok(report)
 }
 
 /// The text form of a report.

@@ -198,6 +198,14 @@ impl Proc {
         }
     }
 
+    /// Wait for the wrapper to end, however it ended (a `SIGKILL`ed one has no code).
+    pub fn wait_code_or_signal(&mut self) -> Option<i32> {
+        wait_for(&format!("{} to end", self.name), || {
+            self.child.try_wait().unwrap().is_some()
+        });
+        self.child.wait().unwrap().code()
+    }
+
     /// Has it exited yet? (Does not wait.)
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
@@ -249,4 +257,52 @@ fn assert_no_overlap_catches_an_overlap() {
         .map(|s| (*s).to_owned())
         .collect();
     assert_no_overlap(&serial);
+}
+
+impl Sandbox {
+    /// `sessionlock status --json SESSION`, parsed.
+    pub fn status(&self, session: &str) -> serde_json::Value {
+        let out = Command::new(bin())
+            .current_dir(&self.root)
+            .args(["status", "--json", session])
+            .output()
+            .expect("run status");
+        assert!(out.status.success(), "status failed: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// The queue as (ticket, state, pid) in order.
+    pub fn queue(&self, session: &str) -> Vec<(u64, String, u64)> {
+        self.status(session)["queue"]
+            .as_array()
+            .expect("queue is an array")
+            .iter()
+            .map(|t| {
+                (
+                    t["ticket"].as_u64().unwrap(),
+                    t["state"].as_str().unwrap().to_owned(),
+                    t["pid"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// Wait until the queue has `n` entries.
+    pub fn wait_queue_len(&self, session: &str, n: usize) -> Vec<(u64, String, u64)> {
+        let mut last = Vec::new();
+        wait_for(&format!("{n} turns in the queue of {session}"), || {
+            last = self.queue(session);
+            last.len() == n
+        });
+        last
+    }
+
+    /// Assert nothing of any wrapper is left: empty queue, no tickets, lock free, no problems.
+    pub fn assert_no_trace(&self, session: &str) {
+        let status = self.status(session);
+        assert_eq!(status["queue"], serde_json::json!([]), "{status:#}");
+        assert_eq!(status["others"], serde_json::json!([]), "{status:#}");
+        assert_eq!(status["lock"]["held"], false, "{status:#}");
+        assert_eq!(status["problems"], serde_json::json!([]), "{status:#}");
+    }
 }
