@@ -44,7 +44,14 @@ pub fn spawn(spec: Spec<'_>, session: &Path) -> Result<Child, Failure> {
 
 fn spawn_failure(program: &OsStr, err: &io::Error, session: &Path) -> Failure {
     let name = program.to_string_lossy();
+    let is_path = program.as_encoded_bytes().contains(&b'/');
     match err.kind() {
+        // The program is there, so what is missing is the interpreter its #! line names.
+        io::ErrorKind::NotFound if is_path && Path::new(program).exists() => Failure::new(
+            exit::CANNOT_EXECUTE,
+            format!("cannot execute {name}: the interpreter on its #! line was not found"),
+            session,
+        ),
         io::ErrorKind::NotFound => Failure::new(
             exit::NOT_FOUND,
             format!("command not found: {name}"),

@@ -104,14 +104,14 @@ impl Config {
     /// Say `message` on stderr unless `--quiet`.
     pub fn notice(&self, message: &str) {
         if self.verbosity > Verbosity::Quiet {
-            eprintln!("sessionlock: {message}");
+            crate::exit::say(message);
         }
     }
 
     /// Say `message` on stderr with `--verbose` only.
     pub fn detail(&self, message: &str) {
         if self.verbosity == Verbosity::Verbose {
-            eprintln!("sessionlock: {message}");
+            crate::exit::say(message);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::child;
 use crate::config::{Config, Verbosity};
-use crate::exit::{self, Failure};
+use crate::exit::Failure;
 use crate::fence::{Fence, State, Tracker, Verdict};
 use crate::lock::{self, Notice, Waited};
 use crate::queue::{Ahead, Queue, Ticket};
@@ -180,12 +180,9 @@ impl Coordinator for Files<'_> {
                 return Err(Failure::new(config.conflict_code, what, session));
             }
             Ok(Waited::Interrupted(received)) => {
-                return Err(Failure::new(
-                    exit::signalled(received.signal as i32),
-                    format!(
-                        "interrupted by {} while waiting for the write lock{after}",
-                        received.signal
-                    ),
+                return Err(Failure::interrupted(
+                    received.signal,
+                    &format!("the write lock{after}"),
                     session,
                 ));
             }
@@ -201,13 +198,16 @@ impl Coordinator for Files<'_> {
             sidecar: self.sidecar.clone(),
             _held: held,
         };
-        self.sidecar.write_holder(&Holder {
+        // The record is for display only: failing to write it is no reason to fail the run.
+        if let Err(failure) = self.sidecar.write_holder(&Holder {
             pid: std::process::id(),
             mode: config.mode.name().to_owned(),
             ticket: Some(ticket.id()),
             since_ms: sidecar::now_ms(),
             command: child::command_name(&config.argv),
-        })?;
+        }) {
+            config.detail(&failure.to_string());
+        }
         config.detail(&format!(
             "took the write lock on {} after {}ms",
             session.display(),

@@ -4,8 +4,12 @@
 //! wrapper's outcomes use the sysexits range so a script can tell them apart from a child's.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::signal::{SigHandler, Signal, raise, signal};
 
 /// Command-line usage error (clap's code, kept for flock(1)-like scripts).
 pub const USAGE: u8 = 2;
@@ -30,6 +34,31 @@ pub const NO_PERM: u8 = 77;
 pub const CANNOT_EXECUTE: u8 = 126;
 /// The command was not found.
 pub const NOT_FOUND: u8 = 127;
+
+/// Set when the wrapper should end by SIGINT itself (see `finish`).
+static DIE_OF_SIGINT: AtomicBool = AtomicBool::new(false);
+
+/// End by SIGINT instead of exiting 130, once all cleanup is done: a calling shell stops its loop
+/// on Ctrl-C only when its command *died* of SIGINT (bash's wait-and-cooperative-exit).
+pub fn die_of_sigint() {
+    DIE_OF_SIGINT.store(true, Ordering::Relaxed);
+}
+
+/// The process's exit: `code`, or death by SIGINT when `die_of_sigint` was called.
+#[must_use]
+pub fn finish(code: u8) -> ExitCode {
+    if DIE_OF_SIGINT.load(Ordering::Relaxed) {
+        // SAFETY: restoring the default disposition; no handler runs after this.
+        let _ = unsafe { signal(Signal::SIGINT, SigHandler::SigDfl) };
+        let _ = raise(Signal::SIGINT);
+    }
+    ExitCode::from(code)
+}
+
+/// Write one `sessionlock: ` line to stderr; a closed stderr is not worth dying for.
+pub fn say(message: &str) {
+    let _ = writeln!(io::stderr().lock(), "sessionlock: {message}");
+}
 
 /// The status a shell reports for a process that died of signal `signal`.
 #[must_use]
@@ -61,6 +90,18 @@ impl Failure {
             code,
             message: what.to_string(),
         }
+    }
+
+    /// The wrapper was interrupted by `signal` while waiting for `what`; ends like the signal would.
+    pub fn interrupted(signal: Signal, what: &str, file: &Path) -> Self {
+        if signal == Signal::SIGINT {
+            die_of_sigint();
+        }
+        Self::new(
+            signalled(signal as i32),
+            format!("interrupted by {signal} while waiting for {what}"),
+            file,
+        )
     }
 
     /// `<what>: <error> (<file>)`, with the code the error's kind suggests.

@@ -44,6 +44,13 @@ pub fn resolve(input: &Path) -> Result<Key, Failure> {
     if input.as_os_str().is_empty() {
         return Err(Failure::bare(exit::USAGE, "the session path is empty"));
     }
+    if input.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(Failure::new(
+            exit::NO_INPUT,
+            "the session path ends with a slash: name a file, not a directory",
+            input,
+        ));
+    }
     let mut path = input.to_path_buf();
     for _ in 0..MAX_SYMLINKS {
         match fs::symlink_metadata(&path) {
@@ -107,8 +114,13 @@ fn not_yet_existing(path: &Path, input: &Path) -> Result<Key, Failure> {
 
 /// A failure resolving the path: a missing directory is `NO_INPUT`, permission `NO_PERM`.
 fn path_failure(what: &str, err: &io::Error, input: &Path) -> Failure {
+    let bad_path = matches!(
+        err.raw_os_error(),
+        Some(nix::libc::ELOOP | nix::libc::ENAMETOOLONG)
+    );
     let code = match err.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => exit::NO_INPUT,
+        _ if bad_path => exit::NO_INPUT,
         _ => exit::code_for_io(err),
     };
     let mut failure = Failure::io(what, err, input);

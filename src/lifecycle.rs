@@ -7,6 +7,7 @@
 //! process that looks.
 
 use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
 use std::time::Instant;
 
 use crate::child;
@@ -74,12 +75,9 @@ fn prompt<C: Coordinator>(c: &C, config: &Config, signals: &Signals) -> Result<u
                 return Err(Failure::new(config.conflict_code, what, session));
             }
             TurnWait::Interrupted(received) => {
-                return Err(Failure::new(
-                    exit::signalled(received.signal as i32),
-                    format!(
-                        "interrupted by {} while waiting for a prompt turn",
-                        received.signal
-                    ),
+                return Err(Failure::interrupted(
+                    received.signal,
+                    "a prompt turn",
                     session,
                 ));
             }
@@ -161,5 +159,8 @@ fn run_child(config: &Config, signals: &Signals, ticket: u64) -> Result<u8, Fail
     )?;
     let status = child::wait(&mut child, signals)
         .map_err(|e| Failure::io("cannot wait for the command", &e, config.key.path()))?;
+    if status.signal() == Some(nix::libc::SIGINT) {
+        exit::die_of_sigint();
+    }
     Ok(child::exit_code(status))
 }

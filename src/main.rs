@@ -30,10 +30,10 @@ fn main() -> ExitCode {
         Err(err) => return usage_error(&err),
     };
     match run(cli) {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => exit::finish(code),
         Err(err) => {
-            eprintln!("sessionlock: {err:#}");
-            ExitCode::from(
+            exit::say(&format!("{err:#}"));
+            exit::finish(
                 err.downcast_ref::<Failure>()
                     .map_or(exit::SOFTWARE, |f| f.code),
             )
@@ -82,10 +82,17 @@ fn usage_error(err: &clap::Error) -> ExitCode {
             ExitCode::from(err.exit_code() as u8)
         }
         _ => {
+            // clap's message spans lines (the missing argument is on the next one): join them.
             let rendered = err.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            let what = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("sessionlock: {what} (see `sessionlock --help`)");
+            let what: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let what = what.join(" ");
+            let what = what.strip_prefix("error: ").unwrap_or(&what);
+            exit::say(&format!("{what} (see `sessionlock --help`)"));
             ExitCode::from(exit::USAGE)
         }
     }

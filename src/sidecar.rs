@@ -180,21 +180,29 @@ pub enum Access {
     Read,
 }
 
-/// Open a file inside the sidecar without following a symlink at its name.
+/// Open a regular file inside the sidecar without following a symlink at its name, and without
+/// blocking on a planted FIFO or device.
 pub fn open_nofollow(path: &Path, access: Access) -> io::Result<File> {
+    let flags = nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK;
     let mut options = OpenOptions::new();
-    options
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC);
-    match access {
-        Access::CreateRead => {
-            // O_CREAT without write access: std refuses `create` without `write`, so ask the OS.
-            options.custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_CREAT);
-            options.mode(0o666);
-        }
-        Access::Read => {}
+    options.read(true).custom_flags(flags);
+    if let Access::CreateRead = access {
+        // O_CREAT without write access: std refuses `create` without `write`, so ask the OS.
+        options.custom_flags(flags | nix::libc::O_CREAT).mode(0o666);
     }
-    options.open(path)
+    let file = options.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(nix::libc::ELOOP) {
+            io::Error::new(e.kind(), "it is a symlink; refusing to follow it")
+        } else {
+            e
+        }
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(
+            "it is not a regular file; refusing to use it",
+        ));
+    }
+    Ok(file)
 }
 
 /// Read a small sidecar file whole, without following a symlink.

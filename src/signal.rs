@@ -89,7 +89,13 @@ impl Signals {
         );
         for signal in TERMINATING.into_iter().chain([Signal::SIGCHLD]) {
             // SAFETY: the handler only calls async-signal-safe functions.
-            unsafe { sigaction(signal, &action) }?;
+            let old = unsafe { sigaction(signal, &action) }?;
+            // A signal the caller ignored (nohup, `cmd &` in a script) stays ignored for us and,
+            // through exec, for the command. SIGCHLD is always ours: we wait for the child.
+            if signal != Signal::SIGCHLD && matches!(old.handler(), SigHandler::SigIgn) {
+                // SAFETY: restoring the disposition we found.
+                unsafe { sigaction(signal, &old) }?;
+            }
         }
         Ok(Self {
             read,

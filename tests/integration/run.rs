@@ -4,6 +4,7 @@
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::process::ExitStatusExt;
 
 use nix::sys::signal::Signal;
 use predicates::prelude::*;
@@ -514,4 +515,111 @@ fn no_permission_on_the_session_directory_is_77() {
     let line = one_line(&out.stderr);
     assert!(line.contains("permission denied"), "{line}");
     assert_eq!(fs::read_dir(&ro).unwrap().count(), 0);
+}
+
+#[test]
+fn the_wrapper_dies_of_sigint_when_its_command_does_so_a_shell_loop_stops() {
+    let sandbox = Sandbox::new();
+    let mut wrapper = sandbox.spawn(
+        "W",
+        [
+            "run",
+            "s.jsonl",
+            "--",
+            "sh",
+            "-c",
+            ": > in.W; while :; do sleep 0.01; done",
+        ],
+    );
+    sandbox.wait_entered("W");
+    wrapper.signal(Signal::SIGINT);
+    let status = wrapper.wait_status();
+    assert_eq!(status.signal(), Some(Signal::SIGINT as i32), "{status:?}");
+    // The lock is free again.
+    sandbox
+        .cmd(["run", "-n", "s.jsonl", "--", "true"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn a_signal_the_caller_ignored_stays_ignored_like_under_nohup() {
+    let sandbox = Sandbox::new();
+    let script = format!(
+        "trap '' HUP; exec {} run s.jsonl -- sh -c 'kill -HUP $$; echo survived'",
+        crate::support::bin().display()
+    );
+    std::process::Command::new("sh")
+        .current_dir(sandbox.root())
+        .args(["-c", &script])
+        .output()
+        .map(|out| {
+            assert!(out.status.success(), "{out:?}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "survived\n");
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_fifo_planted_in_the_sidecar_is_refused_instead_of_hanging() {
+    let sandbox = Sandbox::new();
+    fs::create_dir(sandbox.path(".s.jsonl.sessionlock")).unwrap();
+    nix::unistd::mkfifo(
+        &sandbox.path(".s.jsonl.sessionlock/lock"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let out = sandbox
+        .cmd(["run", "-t", "1s", "s.jsonl", "--", "touch", "ran"])
+        .assert()
+        .code(74)
+        .get_output()
+        .clone();
+    assert!(one_line(&out.stderr).contains("not a regular file"));
+    assert!(!sandbox.path("ran").exists());
+}
+
+#[test]
+fn a_closed_stderr_does_not_crash_the_wrapper() {
+    let sandbox = Sandbox::new();
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let status = std::process::Command::new(crate::support::bin())
+        .current_dir(sandbox.root())
+        .args(["run", "-v", "s.jsonl", "--", "touch", "ran"])
+        .stderr(std::process::Stdio::from(write))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(sandbox.path("ran").exists());
+}
+
+#[test]
+fn a_trailing_slash_or_a_symlink_loop_in_the_path_is_66() {
+    let sandbox = Sandbox::new();
+    fs::write(sandbox.path("exists.jsonl"), "").unwrap();
+    symlink("loop", sandbox.path("loop")).unwrap();
+    for path in ["new.jsonl/", "exists.jsonl/", "loop/s.jsonl"] {
+        let out = sandbox
+            .cmd(["run", path, "--", "touch", "ran"])
+            .assert()
+            .code(66)
+            .get_output()
+            .clone();
+        one_line(&out.stderr);
+    }
+    assert!(!sandbox.path(".new.jsonl.sessionlock").exists() && !sandbox.path("ran").exists());
+}
+
+#[test]
+fn a_usage_error_names_what_is_missing_on_one_line() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .cmd(["run", "-q"])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let line = one_line(&out.stderr);
+    assert!(line.contains("<SESSION>"), "{line}");
 }

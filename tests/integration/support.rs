@@ -6,7 +6,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -178,15 +178,23 @@ impl Proc {
         kill(Pid::from_raw(self.pid()), signal).unwrap();
     }
 
-    /// Wait for the wrapper to exit (within the deadline) and return its exit code.
+    /// Wait for the wrapper to end (within the deadline) and return its status as a shell
+    /// reports it: the exit code, or 128+N when it died of signal N.
     pub fn wait_code(&mut self) -> i32 {
+        let status = self.wait_status();
+        status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap()
+    }
+
+    /// Wait for the wrapper to end (within the deadline).
+    pub fn wait_status(&mut self) -> ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 self.status = Some(status);
-                return status
-                    .code()
-                    .unwrap_or_else(|| panic!("{} died of a signal: {status:?}", self.name));
+                return status;
             }
             assert!(
                 started.elapsed() < DEADLINE,
