@@ -18,6 +18,7 @@ EXIT STATUS
     70  internal error
     73  cannot create the sidecar, or its path is occupied by a file or symlink
     74  I/O error on the session file or the sidecar
+    74  also: an --append write failed (the file is rolled back, the output kept)
     75  write lock or prompt turn not obtained in time, or busy with --nonblock
         (override with --conflict-exit-code)
     76  takeover: the session file changed from outside during the prompt window
@@ -36,6 +37,8 @@ FILES
   <dir>/.<name>.sessionlock/queue.lock   guards queue and tickets/ (held for microseconds)
   <dir>/.<name>.sessionlock/tickets/N    one per running wrapper, flocked by it: its proof of life
   <dir>/.<name>.sessionlock/state        the fence state: generation, last outside change, fingerprint
+  <dir>/.<name>.sessionlock/out/T.jsonl  --append: the output of ticket T being captured
+  <dir>/.<name>.sessionlock/kept/        output not committed (T-REASON.jsonl) and tails moved by --repair
 
 ENVIRONMENT
   The command gets SESSIONLOCK_SESSION (the canonical session path), SESSIONLOCK_MODE and,
@@ -135,7 +138,25 @@ pub struct RunArgs {
     #[command(flatten)]
     pub lock: LockOpts,
     #[command(flatten)]
+    pub commit: CommitOpts,
+    #[command(flatten)]
     pub target: Target,
+}
+
+/// Options of the commit path.
+#[derive(Args, Debug, Clone)]
+pub struct CommitOpts {
+    /// Capture the command's stdout and append it to the session file (complete JSON lines,
+    /// all or nothing) when the command succeeds and the fence holds
+    #[arg(long)]
+    pub append: bool,
+    /// With --append: also copy the output to stdout as it arrives
+    #[arg(long, requires = "append")]
+    pub tee: bool,
+    /// With --append: move an incomplete last line of the session file into the sidecar
+    /// instead of refusing to append after it
+    #[arg(long, requires = "append")]
+    pub repair: bool,
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +175,8 @@ pub struct PromptArgs {
     #[command(flatten)]
     pub fence: FenceOpts,
     #[command(flatten)]
+    pub commit: CommitOpts,
+    #[command(flatten)]
     pub target: Target,
 }
 
@@ -163,6 +186,8 @@ pub struct IdleWaitArgs {
     pub lock: LockOpts,
     #[command(flatten)]
     pub fence: FenceOpts,
+    #[command(flatten)]
+    pub commit: CommitOpts,
     #[command(flatten)]
     pub target: Target,
 }

@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use crate::cli::{FenceOpts, LockOpts, Target};
+use crate::cli::{CommitOpts, FenceOpts, LockOpts, Target};
 use crate::exit::{self, Failure};
 use crate::key::{self, Key};
 
@@ -52,6 +52,11 @@ pub struct Config {
     pub turn_timeout: Duration,
     /// Any change in the window is a takeover.
     pub strict: bool,
+    /// Capture stdout and append it (`--append`), copying it as it comes (`--tee`), moving an
+    /// incomplete session tail aside first (`--repair`).
+    pub append: bool,
+    pub tee: bool,
+    pub repair: bool,
 }
 
 impl Config {
@@ -61,6 +66,7 @@ impl Config {
         lock: &LockOpts,
         fence: Option<&FenceOpts>,
         turn_timeout: Option<Duration>,
+        commit: &CommitOpts,
         target: Target,
     ) -> Result<Self, Failure> {
         if target.command.first().is_none_or(|p| p.is_empty()) {
@@ -98,6 +104,9 @@ impl Config {
                 turn_timeout.unwrap_or(Duration::ZERO)
             },
             strict: fence.is_some_and(|f| f.strict),
+            append: commit.append,
+            tee: commit.tee,
+            repair: commit.repair,
         })
     }
 

@@ -14,7 +14,6 @@ use nix::sys::signal::{SigHandler, Signal, raise, signal};
 /// Command-line usage error (clap's code, kept for flock(1)-like scripts).
 pub const USAGE: u8 = 2;
 /// `--append`: the child's output is not valid JSONL, or the session ends in an incomplete line.
-#[allow(dead_code)] // --append comes next
 pub const DATA: u8 = 65;
 /// The session path cannot be used: its directory is missing, or it is a directory.
 pub const NO_INPUT: u8 = 66;
@@ -72,7 +71,8 @@ pub fn signalled(signal: i32) -> u8 {
 #[derive(Debug)]
 pub struct Failure {
     pub code: u8,
-    message: String,
+    what: String,
+    file: Option<std::path::PathBuf>,
 }
 
 impl Failure {
@@ -80,15 +80,24 @@ impl Failure {
     pub fn new(code: u8, what: impl fmt::Display, file: &Path) -> Self {
         Self {
             code,
-            message: format!("{what} ({})", file.display()),
+            what: what.to_string(),
+            file: Some(file.to_owned()),
         }
+    }
+
+    /// Add `note` to what happened (before the file): "...; output kept in X".
+    #[must_use]
+    pub fn noting(mut self, note: impl fmt::Display) -> Self {
+        self.what = format!("{}; {note}", self.what);
+        self
     }
 
     /// A failure without a file (usage errors only).
     pub fn bare(code: u8, what: impl fmt::Display) -> Self {
         Self {
             code,
-            message: what.to_string(),
+            what: what.to_string(),
+            file: None,
         }
     }
 
@@ -112,7 +121,10 @@ impl Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        match &self.file {
+            Some(file) => write!(f, "{} ({})", self.what, file.display()),
+            None => f.write_str(&self.what),
+        }
     }
 }
 

@@ -1,22 +1,31 @@
 //! The modes' lifecycles, written once against `Coordinator`: `run` holds the write lock through
 //! the child; `prompt` waits for its FIFO turn, releases the lock for the window and checks the
-//! fence after it; `idle-wait` does the same without a turn.
+//! fence after it; `idle-wait` does the same without a turn. With `--append`, each ends in a
+//! commit of the child's output under the write lock.
 //!
 //! The ticket (and with it the queue entry) is dropped on every way out, so a failure anywhere,
 //! a timeout or a signal leaves no trace; only SIGKILL leaves a dead entry, reaped by the next
-//! process that looks.
+//! process that looks. Output that is not committed is kept, and the error line says where.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
-use std::time::Instant;
+use std::process::Stdio;
 
 use crate::child;
+use crate::commit::{self, Capture};
 use crate::config::{Config, Mode};
 use crate::coord::{Coordinator, Files, Phase, TurnWait};
 use crate::exit::{self, Failure};
 use crate::fence::Verdict;
 use crate::sidecar::Sidecar;
 use crate::signal::{self, Signals};
+
+/// What every lifecycle runs with.
+struct Ctx<'a> {
+    config: &'a Config,
+    sidecar: &'a Sidecar,
+    signals: &'a Signals,
+}
 
 /// Run the configured mode.
 pub fn execute(config: &Config) -> Result<u8, Failure> {
@@ -26,31 +35,45 @@ pub fn execute(config: &Config) -> Result<u8, Failure> {
         f.code = exit::SOFTWARE;
         f
     })?;
-    let files = Files::new(config, sidecar, &signals);
+    let files = Files::new(config, sidecar.clone(), &signals);
+    let ctx = Ctx {
+        config,
+        sidecar: &sidecar,
+        signals: &signals,
+    };
     let code = match config.mode {
-        Mode::Run => run(&files, config, &signals),
-        Mode::Prompt => prompt(&files, config, &signals),
-        Mode::IdleWait => idle_wait(&files, config, &signals),
+        Mode::Run => run(&files, &ctx),
+        Mode::Prompt => prompt(&files, &ctx),
+        Mode::IdleWait => idle_wait(&files, &ctx),
     }?;
     config.detail(&format!("done with {}", config.key.path().display()));
     Ok(code)
 }
 
 /// `run`: hold the write lock for the whole child; publish its change as an owned write.
-fn run<C: Coordinator>(c: &C, config: &Config, signals: &Signals) -> Result<u8, Failure> {
+fn run<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
     let ticket = c.issue()?;
     let lock = c.write_lock(&ticket, Phase::Enter)?;
     let before = c.observe(&lock)?;
-    let code = run_child(config, signals, C::ticket_id(&ticket));
-    // Whatever the child did to the file, it did under the lock: it is owned.
+    let (capture, stdout) = start_capture(ctx, C::ticket_id(&ticket))?;
+    let outcome = match run_child(ctx, C::ticket_id(&ticket), stdout) {
+        Ok(0) => match capture {
+            Some(capture) => commit_output(ctx, C::ticket_id(&ticket), capture).map(|()| 0),
+            None => Ok(0),
+        },
+        Ok(code) => Ok(command_failed(ctx, capture, code)),
+        Err(failure) => Err(failure),
+    };
+    // Whatever the child (and the commit) did to the file, it did under the lock: it is owned.
     c.publish_owned(&lock, &before)?;
     drop(lock);
     c.leave(ticket)?;
-    code
+    outcome
 }
 
 /// `prompt`: the ten steps of DESIGN.md.
-fn prompt<C: Coordinator>(c: &C, config: &Config, signals: &Signals) -> Result<u8, Failure> {
+fn prompt<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
+    let config = ctx.config;
     let session = config.key.path();
     let mut ticket = c.issue()?;
     // 1-2: take the write lock and join the queue under it.
@@ -58,7 +81,6 @@ fn prompt<C: Coordinator>(c: &C, config: &Config, signals: &Signals) -> Result<u
     c.join(&lock, &mut ticket)?;
     // 3: while an earlier live turn exists, wait for it without the write lock.
     let turn_deadline = signal::deadline(config.turn_timeout);
-    let started = Instant::now();
     while let Some(ahead) = c.ahead(&ticket)? {
         drop(lock);
         match c.wait_turn(ahead, turn_deadline)? {
@@ -84,61 +106,152 @@ fn prompt<C: Coordinator>(c: &C, config: &Config, signals: &Signals) -> Result<u
         }
         lock = c.write_lock(&ticket, Phase::Turn)?;
     }
-    config.detail(&format!(
-        "prompt turn {} began after {}ms",
-        C::ticket_id(&ticket),
-        started.elapsed().as_millis()
-    ));
-    // 4-7: fence, window, reacquire, check.
-    let code = window(c, config, signals, lock, &ticket)?;
-    // 9-10: leave the queue, which wakes the next turn.
+    config.detail(&format!("prompt turn {} began", C::ticket_id(&ticket)));
+    // 4-9: fence, window, reacquire, check, commit, release.
+    let code = window(c, ctx, lock, &ticket)?;
+    // 10: leave the queue, which wakes the next turn.
     c.leave(ticket)?;
     Ok(code)
 }
 
 /// `idle-wait`: a window with a fence, holding no turn.
-fn idle_wait<C: Coordinator>(c: &C, config: &Config, signals: &Signals) -> Result<u8, Failure> {
+fn idle_wait<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
     let ticket = c.issue()?;
     let lock = c.write_lock(&ticket, Phase::Enter)?;
-    let code = window(c, config, signals, lock, &ticket)?;
+    let code = window(c, ctx, lock, &ticket)?;
     c.leave(ticket)?;
     Ok(code)
 }
 
-/// Take the fence, release the write lock, run the child, take the lock back, check the fence.
-/// A failed child ends here with its own status: there is nothing to check or commit.
+/// Take the fence, release the write lock, run the child, take the lock back, check the fence,
+/// commit. A failed child ends here with its own status: there is nothing to check or commit.
 fn window<C: Coordinator>(
     c: &C,
-    config: &Config,
-    signals: &Signals,
+    ctx: &Ctx<'_>,
     lock: C::WriteLock,
     ticket: &C::Ticket,
 ) -> Result<u8, Failure> {
+    let config = ctx.config;
+    let id = C::ticket_id(ticket);
     let fence = c.fence(&lock)?;
     drop(lock);
-    let code = run_child(config, signals, C::ticket_id(ticket))?;
+    let (capture, stdout) = start_capture(ctx, id)?;
+    let code = run_child(ctx, id, stdout)?;
     if code != 0 {
-        return Ok(code);
+        return Ok(command_failed(ctx, capture, code));
     }
-    let lock = c.write_lock(ticket, Phase::AfterWindow)?;
-    if let Verdict::Takeover(change) = c.check(&lock, &fence)? {
+    let lock = match c.write_lock(ticket, Phase::AfterWindow) {
+        Ok(lock) => lock,
+        Err(failure) => return Err(keeping(failure, capture, "lock-timeout")),
+    };
+    let verdict = match c.check(&lock, &fence) {
+        Ok(verdict) => verdict,
+        Err(failure) => return Err(keeping(failure, capture, "fence-unreadable")),
+    };
+    if let Verdict::Takeover(change) = verdict {
         let what = if config.strict {
             "the session file changed during the prompt window"
         } else {
             "the session file changed from outside during the prompt window"
         };
-        return Err(Failure::new(
+        let failure = Failure::new(
             exit::TAKEOVER,
             format!("takeover: {what} ({change}); nothing committed"),
             config.key.path(),
-        ));
+        );
+        return Err(keeping(failure, capture, "takeover"));
+    }
+    if let Some(capture) = capture {
+        let before = c.observe(&lock)?;
+        let committed = commit_output(ctx, id, capture);
+        c.publish_owned(&lock, &before)?;
+        committed?;
     }
     drop(lock);
     Ok(code)
 }
 
+/// With `--append`: start capturing the child's stdout into the sidecar.
+fn start_capture(ctx: &Ctx<'_>, ticket: u64) -> Result<(Option<Capture>, Option<Stdio>), Failure> {
+    if !ctx.config.append {
+        return Ok((None, None));
+    }
+    let (capture, stdio) = Capture::start(ctx.sidecar, ticket, ctx.config.tee)?;
+    Ok((Some(capture), Some(stdio)))
+}
+
+/// Validate the captured output and append it, under the write lock the caller holds.
+fn commit_output(ctx: &Ctx<'_>, ticket: u64, mut capture: Capture) -> Result<(), Failure> {
+    let config = ctx.config;
+    let session = config.key.path();
+    capture.finish()?;
+    let output = capture.read()?;
+    let bytes = match commit::validate(&output) {
+        Ok(bytes) => bytes,
+        Err(invalid) => {
+            let failure = Failure::new(
+                exit::DATA,
+                format!(
+                    "the command's output is not valid JSONL (line {}: {}); nothing appended",
+                    invalid.line, invalid.error
+                ),
+                session,
+            );
+            return Err(keeping(failure, Some(capture), "invalid"));
+        }
+    };
+    match commit::append(session, ctx.sidecar, ticket, &bytes, config.repair) {
+        Ok(done) => {
+            if let Some((tail, moved)) = done.repaired {
+                config.notice(&format!(
+                    "moved an incomplete last line ({tail} bytes) of {} into {}",
+                    session.display(),
+                    moved.display()
+                ));
+            }
+            config.detail(&format!(
+                "appended {} bytes to {}",
+                done.bytes,
+                session.display()
+            ));
+            capture.discard();
+            Ok(())
+        }
+        Err(failure) => {
+            let reason = if failure.code == exit::DATA {
+                "incomplete-session"
+            } else {
+                "write-failed"
+            };
+            Err(keeping(failure, Some(capture), reason))
+        }
+    }
+}
+
+/// The command failed: nothing is appended; keep what it printed and say where.
+fn command_failed(ctx: &Ctx<'_>, capture: Option<Capture>, code: u8) -> u8 {
+    if let Some(kept) = capture.and_then(|c| c.keep("command-failed")) {
+        exit::say(&format!(
+            "the command exited with {code}; nothing appended; its output was kept in {} ({})",
+            kept.display(),
+            ctx.config.key.path().display()
+        ));
+    }
+    code
+}
+
+/// Keep the capture (if any) and add where it went to the failure's line.
+fn keeping(failure: Failure, capture: Option<Capture>, reason: &str) -> Failure {
+    match capture.map(|c| c.keep(reason)) {
+        Some(Some(kept)) => failure.noting(format!("output kept in {}", kept.display())),
+        Some(None) => failure.noting("the output was empty"),
+        None => failure,
+    }
+}
+
 /// Start the child, wait for it (forwarding signals), and return the code it maps to.
-fn run_child(config: &Config, signals: &Signals, ticket: u64) -> Result<u8, Failure> {
+fn run_child(ctx: &Ctx<'_>, ticket: u64, stdout: Option<Stdio>) -> Result<u8, Failure> {
+    let config = ctx.config;
     let mut env: Vec<(&'static str, OsString)> = vec![
         (
             "SESSIONLOCK_SESSION",
@@ -153,11 +266,11 @@ fn run_child(config: &Config, signals: &Signals, ticket: u64) -> Result<u8, Fail
         child::Spec {
             argv: &config.argv,
             env,
-            stdout: None,
+            stdout,
         },
         config.key.path(),
     )?;
-    let status = child::wait(&mut child, signals)
+    let status = child::wait(&mut child, ctx.signals)
         .map_err(|e| Failure::io("cannot wait for the command", &e, config.key.path()))?;
     if status.signal() == Some(nix::libc::SIGINT) {
         exit::die_of_sigint();

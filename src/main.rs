@@ -2,6 +2,7 @@
 
 mod child;
 mod cli;
+mod commit;
 mod config;
 mod coord;
 mod docs;
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => {
-            let config = Config::new(Mode::Run, &args.lock, None, None, args.target)?;
+            let config = Config::new(Mode::Run, &args.lock, None, None, &args.commit, args.target)?;
             Ok(lifecycle::execute(&config)?)
         }
         Command::Prompt(args) => {
@@ -53,6 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 &args.lock,
                 Some(&args.fence),
                 Some(args.turn_timeout),
+                &args.commit,
                 args.target,
             )?;
             Ok(lifecycle::execute(&config)?)
@@ -63,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 &args.lock,
                 Some(&args.fence),
                 None,
+                &args.commit,
                 args.target,
             )?;
             Ok(lifecycle::execute(&config)?)

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::commit;
 use crate::exit::Failure;
 use crate::fence::{Fingerprint, Tracker};
 use crate::key;
@@ -26,7 +27,21 @@ pub struct Report {
     /// Live wrappers holding no turn (`run`, `idle-wait`).
     pub others: Vec<TurnView>,
     pub fence: Option<FenceView>,
+    /// Output not committed (and tails moved by `--repair`), oldest first.
+    pub kept: Vec<KeptView>,
     pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeptView {
+    pub path: String,
+    pub ticket: Option<u64>,
+    /// `invalid`, `command-failed`, `takeover`, `write-failed`, `incomplete-session`,
+    /// `lock-timeout`, `fence-unreadable`, `not-committed`, `session-tail` (moved by `--repair`)
+    /// or `abandoned` (captured by a wrapper that died).
+    pub reason: String,
+    pub size: u64,
+    pub modified_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,6 +121,7 @@ pub fn collect(input: &Path) -> Result<Report, Failure> {
         queue: Vec::new(),
         others: Vec::new(),
         fence: None,
+        kept: Vec::new(),
         problems: Vec::new(),
     };
     let Some(sidecar) = Sidecar::existing(&key)? else {
@@ -127,6 +143,7 @@ pub fn collect(input: &Path) -> Result<Report, Failure> {
     }
     add_tickets(&mut report, &queue, &turns.turns);
     add_holder(&mut report, &sidecar, &queue);
+    add_kept(&mut report, &sidecar, &queue);
     if let Some(state) = Tracker::new(&sidecar, session).load() {
         report.fence = Some(FenceView {
             generation: state.generation,
@@ -211,6 +228,54 @@ fn add_holder(report: &mut Report, sidecar: &Sidecar, queue: &Queue) {
     }
 }
 
+/// Output kept in `kept/`, and captures in `out/` whose wrapper died.
+fn add_kept(report: &mut Report, sidecar: &Sidecar, queue: &Queue) {
+    let list = |dir: &str| -> Vec<(String, std::fs::Metadata, std::path::PathBuf)> {
+        std::fs::read_dir(sidecar.path(dir))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| {
+                        let meta = e.metadata().ok()?;
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        meta.is_file().then(|| (name, meta, e.path()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let modified = |m: &std::fs::Metadata| {
+        m.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    for (name, meta, path) in list(commit::KEPT) {
+        let stem = name.split('.').next().unwrap_or_default();
+        let (ticket, reason) = stem.split_once('-').unwrap_or((stem, ""));
+        report.kept.push(KeptView {
+            path: path.to_string_lossy().into_owned(),
+            ticket: ticket.parse().ok(),
+            reason: reason.to_owned(),
+            size: meta.len(),
+            modified_ms: modified(&meta),
+        });
+    }
+    for (name, meta, path) in list(commit::OUT) {
+        let ticket: Option<u64> = name.split('.').next().and_then(|t| t.parse().ok());
+        if ticket.is_some_and(|t| !queue.is_alive(t)) {
+            report.kept.push(KeptView {
+                path: path.to_string_lossy().into_owned(),
+                ticket,
+                reason: "abandoned".into(),
+                size: meta.len(),
+                modified_ms: modified(&meta),
+            });
+        }
+    }
+    report.kept.sort_by_key(|k| k.modified_ms);
+}
+
 /// The text form of a report.
 fn render(r: &Report) -> String {
     use std::fmt::Write;
@@ -282,6 +347,12 @@ fn render(r: &Report) -> String {
         }
         None => {
             let _ = writeln!(out, "fence:      no state recorded yet");
+        }
+    }
+    if !r.kept.is_empty() {
+        let _ = writeln!(out, "kept:       {} output(s) not committed", r.kept.len());
+        for k in &r.kept {
+            let _ = writeln!(out, "  - {} ({}, {} bytes)", k.path, k.reason, k.size);
         }
     }
     if r.problems.is_empty() {
