@@ -66,7 +66,7 @@ _sessionlock() {
             return 0
             ;;
         sessionlock__subcmd__idle__subcmd__wait)
-            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --quiet --verbose --strict --help --version"
+            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --quiet --verbose --strict --append --tee --repair --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -96,7 +96,7 @@ _sessionlock() {
             return 0
             ;;
         sessionlock__subcmd__prompt)
-            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --quiet --verbose --turn-timeout --strict --help --version"
+            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --quiet --verbose --turn-timeout --strict --append --tee --repair --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -130,7 +130,7 @@ _sessionlock() {
             return 0
             ;;
         sessionlock__subcmd__run)
-            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --quiet --verbose --help --version"
+            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --quiet --verbose --append --tee --repair --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -52,10 +52,16 @@ pub struct Config {
     pub turn_timeout: Duration,
     /// Any change in the window is a takeover.
     pub strict: bool,
-    /// Capture stdout and append it (`--append`), copying it as it comes (`--tee`), moving an
-    /// incomplete session tail aside first (`--repair`).
-    pub append: bool,
+    /// `--append`: capture stdout and commit it; `None` without it.
+    pub commit: Option<Commit>,
+}
+
+/// How to commit the child's output.
+#[derive(Debug, Clone, Copy)]
+pub struct Commit {
+    /// Copy the output to stdout as it arrives (`--tee`).
     pub tee: bool,
+    /// Move an incomplete last line of the session aside first (`--repair`).
     pub repair: bool,
 }
 
@@ -104,9 +110,10 @@ impl Config {
                 turn_timeout.unwrap_or(Duration::ZERO)
             },
             strict: fence.is_some_and(|f| f.strict),
-            append: commit.append,
-            tee: commit.tee,
-            repair: commit.repair,
+            commit: commit.append.then_some(Commit {
+                tee: commit.tee,
+                repair: commit.repair,
+            }),
         })
     }
 

@@ -173,10 +173,10 @@ fn window<C: Coordinator>(
 
 /// With `--append`: start capturing the child's stdout into the sidecar.
 fn start_capture(ctx: &Ctx<'_>, ticket: u64) -> Result<(Option<Capture>, Option<Stdio>), Failure> {
-    if !ctx.config.append {
+    let Some(commit) = ctx.config.commit else {
         return Ok((None, None));
-    }
-    let (capture, stdio) = Capture::start(ctx.sidecar, ticket, ctx.config.tee)?;
+    };
+    let (capture, stdio) = Capture::start(ctx.sidecar, ticket, commit.tee)?;
     Ok((Some(capture), Some(stdio)))
 }
 
@@ -200,7 +200,8 @@ fn commit_output(ctx: &Ctx<'_>, ticket: u64, mut capture: Capture) -> Result<(),
             return Err(keeping(failure, Some(capture), "invalid"));
         }
     };
-    match commit::append(session, ctx.sidecar, ticket, &bytes, config.repair) {
+    let repair = config.commit.is_some_and(|c| c.repair);
+    match commit::append(session, ctx.sidecar, ticket, &bytes, repair) {
         Ok(done) => {
             if let Some((tail, moved)) = done.repaired {
                 config.notice(&format!(
