@@ -17,7 +17,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::exit::{self, Failure};
-use crate::sidecar::Sidecar;
+use crate::sidecar::{self, Sidecar};
 
 /// Captured output while the child runs.
 pub const OUT: &str = "out";
@@ -45,13 +45,7 @@ impl Capture {
         let dir = sidecar.path(OUT);
         make_dir(&dir)?;
         let path = dir.join(format!("{ticket}.jsonl"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
+        let file = sidecar::create_nofollow(&path, 0o600)
             .map_err(|e| Failure::io("cannot create the output capture", &e, &path))?;
         let (tee, stdio) = if tee {
             let (tee, stdio) =
@@ -340,19 +334,11 @@ fn move_tail(
     ticket: u64,
 ) -> io::Result<PathBuf> {
     let dir = sidecar.path(KEPT);
-    match fs::create_dir(&dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
+    sidecar::ensure_dir(&dir)?;
     let mut tail = vec![0u8; (len - keep) as usize];
     file.read_exact_at(&mut tail, keep)?;
     let path = dir.join(format!("{ticket}-session-tail.bin"));
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)?;
+    let mut out = sidecar::create_nofollow(&path, 0o600)?;
     out.write_all(&tail)?;
     out.sync_all()?;
     file.set_len(keep)?;
@@ -361,11 +347,7 @@ fn move_tail(
 }
 
 fn make_dir(dir: &Path) -> Result<(), Failure> {
-    match fs::create_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Failure::io("cannot create a sidecar directory", &e, dir)),
-    }
+    sidecar::ensure_dir(dir).map_err(|e| Failure::io("cannot create a sidecar directory", &e, dir))
 }
 
 #[cfg(test)]

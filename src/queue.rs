@@ -132,11 +132,8 @@ impl Queue {
         let _guard = self.lock()?;
         let (mut queue, _) = self.read_locked();
         let dir = self.tickets_dir();
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Failure::io("cannot create the ticket directory", &e, &dir)),
-        }
+        sidecar::ensure_dir(&dir)
+            .map_err(|e| Failure::io("cannot create the ticket directory", &e, &dir))?;
         let id = queue.next.max(self.highest_ticket() + 1).max(1);
         let path = self.ticket_path(id);
         let record = Record {

@@ -213,17 +213,31 @@ pub fn read_small(path: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Create (or truncate) a file for writing, without following a symlink at its name.
+pub fn create_nofollow(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Create a directory inside the sidecar unless it is already there.
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Replace `name` in the sidecar with `bytes`: write a per-process temporary file, then rename.
 pub fn write_atomically(sidecar: &Sidecar, name: &str, bytes: &[u8]) -> Result<(), Failure> {
     let target = sidecar.path(name);
     let temp = sidecar.path(&format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&temp)?;
+        let mut file = create_nofollow(&temp, 0o666)?;
         file.write_all(bytes)?;
         fs::rename(&temp, &target)
     })();
