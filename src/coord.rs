@@ -48,9 +48,15 @@ pub trait Coordinator {
     /// The live turn just ahead of ours.
     type Ahead;
 
-    fn issue(&self) -> Result<Self::Ticket, Failure>;
+    /// Issue this process's ticket, under the write lock (so ticket order is lock order).
+    fn issue(&self, lock: &Self::WriteLock) -> Result<Self::Ticket, Failure>;
     fn ticket_id(ticket: &Self::Ticket) -> u64;
-    fn write_lock(&self, ticket: &Self::Ticket, phase: Phase) -> Result<Self::WriteLock, Failure>;
+    /// Take the write lock; `ticket` is `None` only for the first acquisition, before `issue`.
+    fn write_lock(
+        &self,
+        ticket: Option<&Self::Ticket>,
+        phase: Phase,
+    ) -> Result<Self::WriteLock, Failure>;
     /// Take a place at the end of the turn queue (the write lock makes turn order lock order).
     fn join(&self, lock: &Self::WriteLock, ticket: &mut Self::Ticket) -> Result<(), Failure>;
     /// The nearest live turn ahead of ours (dead ones are reaped); `None` when it is our turn.
@@ -115,6 +121,23 @@ impl<'a> Files<'a> {
     }
 }
 
+impl Files<'_> {
+    /// Publish that we hold the write lock, under `ticket`. The record is for display only:
+    /// failing to write it is no reason to fail the run.
+    fn record_holder(&self, ticket: &Ticket) {
+        let config = self.config;
+        if let Err(failure) = self.sidecar.write_holder(&Holder {
+            pid: std::process::id(),
+            mode: config.mode.name().to_owned(),
+            ticket: Some(ticket.id()),
+            since_ms: sidecar::now_ms(),
+            command: child::command_name(&config.argv),
+        }) {
+            config.detail(&failure.to_string());
+        }
+    }
+}
+
 /// The write lock, held; its holder record is removed just before the lock is released.
 pub struct WriteGuard {
     sidecar: Sidecar,
@@ -132,18 +155,20 @@ impl Coordinator for Files<'_> {
     type WriteLock = WriteGuard;
     type Ahead = Ahead;
 
-    fn issue(&self) -> Result<Ticket, Failure> {
-        self.queue.issue(
+    fn issue(&self, _lock: &WriteGuard) -> Result<Ticket, Failure> {
+        let ticket = self.queue.issue(
             self.config.mode.name(),
             &child::command_name(&self.config.argv),
-        )
+        )?;
+        self.record_holder(&ticket);
+        Ok(ticket)
     }
 
     fn ticket_id(ticket: &Ticket) -> u64 {
         ticket.id()
     }
 
-    fn write_lock(&self, ticket: &Ticket, phase: Phase) -> Result<WriteGuard, Failure> {
+    fn write_lock(&self, ticket: Option<&Ticket>, phase: Phase) -> Result<WriteGuard, Failure> {
         let config = self.config;
         let file = self.sidecar.open_lock_target()?;
         let session = config.key.path();
@@ -198,15 +223,8 @@ impl Coordinator for Files<'_> {
             sidecar: self.sidecar.clone(),
             _held: held,
         };
-        // The record is for display only: failing to write it is no reason to fail the run.
-        if let Err(failure) = self.sidecar.write_holder(&Holder {
-            pid: std::process::id(),
-            mode: config.mode.name().to_owned(),
-            ticket: Some(ticket.id()),
-            since_ms: sidecar::now_ms(),
-            command: child::command_name(&config.argv),
-        }) {
-            config.detail(&failure.to_string());
+        if let Some(ticket) = ticket {
+            self.record_holder(ticket);
         }
         config.detail(&format!(
             "took the write lock on {} after {}ms",

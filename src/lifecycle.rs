@@ -52,8 +52,8 @@ pub fn execute(config: &Config) -> Result<u8, Failure> {
 
 /// `run`: hold the write lock for the whole child; publish its change as an owned write.
 fn run<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
-    let ticket = c.issue()?;
-    let lock = c.write_lock(&ticket, Phase::Enter)?;
+    let lock = c.write_lock(None, Phase::Enter)?;
+    let ticket = c.issue(&lock)?;
     let before = c.observe(&lock)?;
     let (capture, stdout) = start_capture(ctx, C::ticket_id(&ticket))?;
     let outcome = match run_child(ctx, C::ticket_id(&ticket), stdout) {
@@ -75,9 +75,9 @@ fn run<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
 fn prompt<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
     let config = ctx.config;
     let session = config.key.path();
-    let mut ticket = c.issue()?;
     // 1-2: take the write lock and join the queue under it.
-    let mut lock = c.write_lock(&ticket, Phase::Enter)?;
+    let mut lock = c.write_lock(None, Phase::Enter)?;
+    let mut ticket = c.issue(&lock)?;
     c.join(&lock, &mut ticket)?;
     // 3: while an earlier live turn exists, wait for it without the write lock.
     let turn_deadline = signal::deadline(config.turn_timeout);
@@ -104,7 +104,7 @@ fn prompt<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
                 ));
             }
         }
-        lock = c.write_lock(&ticket, Phase::Turn)?;
+        lock = c.write_lock(Some(&ticket), Phase::Turn)?;
     }
     config.detail(&format!("prompt turn {} began", C::ticket_id(&ticket)));
     // 4-9: fence, window, reacquire, check, commit, release.
@@ -116,8 +116,8 @@ fn prompt<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
 
 /// `idle-wait`: a window with a fence, holding no turn.
 fn idle_wait<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
-    let ticket = c.issue()?;
-    let lock = c.write_lock(&ticket, Phase::Enter)?;
+    let lock = c.write_lock(None, Phase::Enter)?;
+    let ticket = c.issue(&lock)?;
     let code = window(c, ctx, lock, &ticket)?;
     c.leave(ticket)?;
     Ok(code)
@@ -140,7 +140,7 @@ fn window<C: Coordinator>(
     if code != 0 {
         return Ok(command_failed(ctx, capture, code));
     }
-    let lock = match c.write_lock(ticket, Phase::AfterWindow) {
+    let lock = match c.write_lock(Some(ticket), Phase::AfterWindow) {
         Ok(lock) => lock,
         Err(failure) => return Err(keeping(failure, capture, "lock-timeout")),
     };

@@ -351,3 +351,44 @@ fn tee_does_not_wait_for_a_grandchild_that_keeps_stdout_open() {
     sandbox.open("bg");
     assert_eq!(sandbox.read("s.jsonl"), "{\"reply\":1}\n");
 }
+
+#[test]
+fn forty_concurrent_prompts_commit_every_reply_once_in_ticket_order() {
+    let sandbox = Sandbox::new();
+    let mut procs: Vec<_> = (0..40)
+        .map(|i| {
+            sandbox.spawn(
+                &format!("P{i}"),
+                [
+                    "prompt",
+                    "-q",
+                    "--append",
+                    "s.jsonl",
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo \"{\\\"ticket\\\":$SESSIONLOCK_TICKET}\"",
+                ],
+            )
+        })
+        .collect();
+    for p in &mut procs {
+        assert_eq!(p.wait_code(), 0, "{}", p.stderr());
+    }
+    // Tickets are issued under the write lock, so ticket order is turn order.
+    let tickets: Vec<u64> = sandbox
+        .read("s.jsonl")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["ticket"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(tickets.len(), 40);
+    assert!(
+        tickets.windows(2).all(|w| w[0] < w[1]),
+        "not in turn order: {tickets:?}"
+    );
+    sandbox.assert_no_trace("s.jsonl");
+}
