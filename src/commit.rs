@@ -111,11 +111,9 @@ impl Capture {
             }
             return Some(self.path.clone());
         }
-        let kept = self
-            .kept_dir
-            .join(format!("{}-{reason}.jsonl", self.ticket));
-        match fs::rename(&self.path, &kept) {
-            Ok(()) => Some(kept),
+        let stem = format!("{}-{reason}", self.ticket);
+        match keep_unclobbered(&self.path, &self.kept_dir, &stem, "jsonl") {
+            Ok(kept) => Some(kept),
             Err(_) => Some(self.path.clone()),
         }
     }
@@ -192,13 +190,13 @@ pub struct Invalid {
     pub error: String,
 }
 
-/// Check that `output` is complete JSONL lines, each one JSON value, and return the bytes to
-/// append (a missing final newline is added). Empty output is valid and appends nothing.
-pub fn validate(output: &[u8]) -> Result<Vec<u8>, Invalid> {
+/// Check that `output` is complete JSONL lines, each one JSON value in valid UTF-8, and return
+/// it ready to append (a missing final newline is added). Empty output is valid.
+pub fn validate(mut output: Vec<u8>) -> Result<Vec<u8>, Invalid> {
     if output.is_empty() {
-        return Ok(Vec::new());
+        return Ok(output);
     }
-    let body = output.strip_suffix(b"\n").unwrap_or(output);
+    let body = output.strip_suffix(b"\n").unwrap_or(&output);
     for (index, line) in body.split(|&b| b == b'\n').enumerate() {
         let invalid = |error: String| Invalid {
             line: index + 1,
@@ -207,14 +205,14 @@ pub fn validate(output: &[u8]) -> Result<Vec<u8>, Invalid> {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Err(invalid("an empty line".into()));
         }
-        serde_json::from_slice::<serde::de::IgnoredAny>(line)
-            .map_err(|e| invalid(e.to_string()))?;
+        let text = std::str::from_utf8(line).map_err(|e| invalid(format!("invalid UTF-8: {e}")))?;
+        // Into a Value, not IgnoredAny: that also checks escapes (lone surrogates) and numbers.
+        serde_json::from_str::<serde_json::Value>(text).map_err(|e| invalid(e.to_string()))?;
     }
-    let mut bytes = output.to_vec();
-    if !bytes.ends_with(b"\n") {
-        bytes.push(b'\n');
+    if !output.ends_with(b"\n") {
+        output.push(b'\n');
     }
-    Ok(bytes)
+    Ok(output)
 }
 
 /// What a commit did.
@@ -244,6 +242,12 @@ pub fn append(
         .metadata()
         .map_err(|e| Failure::io("cannot read the session file", &e, session))?
         .len();
+    if bytes.is_empty() {
+        return Ok(Committed {
+            bytes: 0,
+            repaired: None,
+        });
+    }
     let mut repaired = None;
     if let Some(keep) = incomplete_tail(&file, len)
         .map_err(|e| Failure::io("cannot read the session file", &e, session))?
@@ -262,9 +266,6 @@ pub fn append(
         let moved = move_tail(&file, keep, len, sidecar, ticket)
             .map_err(|e| Failure::io("cannot move the incomplete last line aside", &e, session))?;
         repaired = Some((tail, moved));
-    }
-    if bytes.is_empty() {
-        return Ok(Committed { bytes: 0, repaired });
     }
     let start = file
         .metadata()
@@ -337,13 +338,36 @@ fn move_tail(
     sidecar::ensure_dir(&dir)?;
     let mut tail = vec![0u8; (len - keep) as usize];
     file.read_exact_at(&mut tail, keep)?;
-    let path = dir.join(format!("{ticket}-session-tail.bin"));
-    let mut out = sidecar::create_nofollow(&path, 0o600)?;
+    let scratch = dir.join(format!(".{ticket}-session-tail.{}.tmp", std::process::id()));
+    let mut out = sidecar::create_nofollow(&scratch, 0o600)?;
     out.write_all(&tail)?;
     out.sync_all()?;
+    let path = keep_unclobbered(&scratch, &dir, &format!("{ticket}-session-tail"), "bin")?;
     file.set_len(keep)?;
     file.sync_data()?;
     Ok(path)
+}
+
+/// Move `from` into `dir` as `<stem>.<ext>`, or `<stem>.2.<ext>`, ... : never over a file that
+/// is already kept (a hard link fails rather than replace).
+fn keep_unclobbered(from: &Path, dir: &Path, stem: &str, ext: &str) -> io::Result<PathBuf> {
+    for n in 1u32.. {
+        let name = if n == 1 {
+            format!("{stem}.{ext}")
+        } else {
+            format!("{stem}.{n}.{ext}")
+        };
+        let to = dir.join(name);
+        match fs::hard_link(from, &to) {
+            Ok(()) => {
+                fs::remove_file(from)?;
+                return Ok(to);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("no free name to keep the output under"))
 }
 
 fn make_dir(dir: &Path) -> Result<(), Failure> {
@@ -356,21 +380,23 @@ mod tests {
 
     #[test]
     fn valid_jsonl_passes_and_gets_its_final_newline() {
-        assert_eq!(validate(b"").unwrap(), b"");
-        assert_eq!(validate(b"{\"a\":1}\n[2]\n").unwrap(), b"{\"a\":1}\n[2]\n");
-        assert_eq!(
-            validate(b"{\"a\":1}\n\"s\"").unwrap(),
-            b"{\"a\":1}\n\"s\"\n"
-        );
+        let ok = |b: &[u8]| validate(b.to_vec()).unwrap();
+        assert_eq!(ok(b""), b"");
+        assert_eq!(ok(b"{\"a\":1}\n[2]\n"), b"{\"a\":1}\n[2]\n");
+        assert_eq!(ok(b"{\"a\":1}\n\"s\""), b"{\"a\":1}\n\"s\"\n");
     }
 
     #[test]
     fn invalid_lines_are_named() {
-        assert_eq!(validate(b"{\"a\":1}\nnot json\n").unwrap_err().line, 2);
-        assert_eq!(validate(b"{}\n\n{}\n").unwrap_err().line, 2);
-        assert_eq!(validate(b"{\"a\":\n1}\n").unwrap_err().line, 1);
-        assert_eq!(validate(b"{} {}\n").unwrap_err().line, 1);
-        assert_eq!(validate(b"\n").unwrap_err().line, 1);
+        let bad = |b: &[u8]| validate(b.to_vec()).unwrap_err().line;
+        assert_eq!(bad(b"{\"a\":1}\nnot json\n"), 2);
+        assert_eq!(bad(b"{}\n\n{}\n"), 2);
+        assert_eq!(bad(b"{\"a\":\n1}\n"), 1);
+        assert_eq!(bad(b"{} {}\n"), 1);
+        assert_eq!(bad(b"\n"), 1);
+        assert_eq!(bad(b"{}\n{\"s\":\"\xff\xfe\"}\n"), 2);
+        assert_eq!(bad(b"{\"s\":\"\\ud800\"}\n"), 1);
+        assert_eq!(bad(b"1e999\n"), 1);
     }
 
     #[test]

@@ -158,13 +158,19 @@ impl<'a> Tracker<'a> {
                 Ok(state) => (state, false),
                 Err(_) => (Self::after_damage(), true),
             },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (
-                State {
+            // Missing: the first use, or deleted under open windows. Start above any earlier
+            // generation (the clock in milliseconds) with a mark that fails every window open
+            // across it; at first use no window is open, so the mark costs nothing.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let generation = sidecar::now_ms();
+                let state = State {
+                    generation,
+                    outside_generation: generation,
+                    outside_changes: 0,
                     fingerprint: now,
-                    ..State::default()
-                },
-                true,
-            ),
+                };
+                (state, true)
+            }
             Err(_) => (Self::after_damage(), true),
         };
         if state.fingerprint != now {

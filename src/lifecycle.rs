@@ -16,7 +16,7 @@ use crate::commit::{self, Capture};
 use crate::config::{Config, Mode};
 use crate::coord::{Coordinator, Files, Phase, TurnWait};
 use crate::exit::{self, Failure};
-use crate::fence::Verdict;
+use crate::fence::{State, Verdict};
 use crate::sidecar::Sidecar;
 use crate::signal::{self, Signals};
 
@@ -65,7 +65,7 @@ fn run<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
         Err(failure) => Err(failure),
     };
     // Whatever the child (and the commit) did to the file, it did under the lock: it is owned.
-    c.publish_owned(&lock, &before)?;
+    publish(c, &lock, &before);
     drop(lock);
     c.leave(ticket)?;
     outcome
@@ -149,11 +149,13 @@ fn window<C: Coordinator>(
         Err(failure) => return Err(keeping(failure, capture, "fence-unreadable")),
     };
     if let Verdict::Takeover(change) = verdict {
-        let what = if config.strict {
-            "the session file changed during the prompt window"
+        let window = if config.mode == Mode::Prompt {
+            "the prompt window"
         } else {
-            "the session file changed from outside during the prompt window"
+            "the idle-wait window"
         };
+        let how = if config.strict { "" } else { " from outside" };
+        let what = format!("the session file changed{how} during {window}");
         let failure = Failure::new(
             exit::TAKEOVER,
             format!("takeover: {what} ({change}); nothing committed"),
@@ -164,11 +166,23 @@ fn window<C: Coordinator>(
     if let Some(capture) = capture {
         let before = c.observe(&lock)?;
         let committed = commit_output(ctx, id, capture);
-        c.publish_owned(&lock, &before)?;
+        publish(c, &lock, &before);
         committed?;
     }
     drop(lock);
     Ok(code)
+}
+
+/// Record the file's change since `before` as an owned write. It has happened already (the
+/// reply is in the file), so failing to record it is a warning, not a failure to retry: the
+/// next holder then counts the change as an outside one, which only errs on the safe side.
+fn publish<C: Coordinator>(c: &C, lock: &C::WriteLock, before: &State) {
+    if let Err(failure) = c.publish_owned(lock, before) {
+        exit::say(&format!(
+            "warning: the change was made but not recorded as an owned write; windows open \
+             across it will count it as a takeover: {failure}"
+        ));
+    }
 }
 
 /// With `--append`: start capturing the child's stdout into the sidecar.
@@ -186,7 +200,7 @@ fn commit_output(ctx: &Ctx<'_>, ticket: u64, mut capture: Capture) -> Result<(),
     let session = config.key.path();
     capture.finish()?;
     let output = capture.read()?;
-    let bytes = match commit::validate(&output) {
+    let bytes = match commit::validate(output) {
         Ok(bytes) => bytes,
         Err(invalid) => {
             let failure = Failure::new(

@@ -19,6 +19,14 @@ pub struct Held {
     file: File,
 }
 
+impl Held {
+    /// The locked file.
+    #[must_use]
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         // Closing the descriptor would free it too; unlock first so the release does not wait

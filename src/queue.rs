@@ -134,7 +134,11 @@ impl Queue {
         let dir = self.tickets_dir();
         sidecar::ensure_dir(&dir)
             .map_err(|e| Failure::io("cannot create the ticket directory", &e, &dir))?;
-        let id = queue.next.max(self.highest_ticket() + 1).max(1);
+        self.sweep_orphans(&queue);
+        let id = queue
+            .next
+            .max(self.highest_ticket().saturating_add(1))
+            .max(1);
         let path = self.ticket_path(id);
         let record = Record {
             ticket: id,
@@ -145,7 +149,7 @@ impl Queue {
         };
         let held = create_ticket(&path, &record)
             .map_err(|e| Failure::io("cannot create a ticket", &e, &path))?;
-        queue.next = id + 1;
+        queue.next = id.saturating_add(1);
         if let Err(failure) = self.write_locked(&queue) {
             let _ = fs::remove_file(&path);
             return Err(failure);
@@ -157,6 +161,17 @@ impl Queue {
             joined: false,
             held: Some(held),
         })
+    }
+
+    /// Delete dead tickets that are not in the queue (a `run` or `idle-wait` killed by SIGKILL, or a
+    /// prompt killed before it joined). Under the queue lock, where tickets are created: any
+    /// unlocked ticket seen here is dead.
+    fn sweep_orphans(&self, queue: &QueueFile) {
+        for id in self.ticket_ids() {
+            if !queue.turns.contains(&id) && !self.is_alive(id) {
+                let _ = fs::remove_file(self.ticket_path(id));
+            }
+        }
     }
 
     /// Put `ticket` at the end of the queue. Call it holding the write lock: turn order is lock order.
@@ -230,7 +245,13 @@ impl Queue {
         let mut findings = Findings::default();
         let path = self.sidecar.path(QUEUE);
         let queue = match sidecar::read_small(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => QueueFile::default(),
+            // Missing while tickets exist (deleted under live turns): rebuild, never start empty.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.ticket_ids().is_empty() => {
+                QueueFile {
+                    next: self.highest_used_id().saturating_add(1),
+                    turns: Vec::new(),
+                }
+            }
             read => {
                 let parsed = read
                     .ok()
@@ -258,9 +279,30 @@ impl Queue {
             .collect();
         live.sort_by_key(|r| (r.joined_ms, r.ticket));
         QueueFile {
-            next: self.highest_ticket() + 1,
+            next: self.highest_used_id().saturating_add(1),
             turns: live.iter().map(|r| r.ticket).collect(),
         }
+    }
+
+    /// The highest ticket id any file in the sidecar still names (tickets, captures, kept
+    /// outputs), so that a rebuilt queue never issues an id again.
+    fn highest_used_id(&self) -> u64 {
+        let named = [crate::commit::OUT, crate::commit::KEPT]
+            .into_iter()
+            .filter_map(|dir| fs::read_dir(self.sidecar.path(dir)).ok())
+            .flat_map(|entries| entries.filter_map(Result::ok))
+            .filter_map(|e| {
+                let name = e.file_name();
+                let digits: String = name
+                    .to_string_lossy()
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse::<u64>().ok()
+            })
+            .max()
+            .unwrap_or(0);
+        named.max(self.highest_ticket())
     }
 
     /// Every ticket id with a file in the ticket directory.
@@ -286,14 +328,12 @@ impl Queue {
         sidecar::write_atomically(&self.sidecar, QUEUE, &json)
     }
 
-    /// Read the queue for display: under the queue lock when it can be taken, never repairing.
-    pub fn snapshot(&self) -> (QueueFile, Findings) {
+    /// Look at the queue without repairing it, holding the queue lock (when it can be taken)
+    /// for all of `look`, so that no probe of a ticket races with its creation or reaping.
+    pub fn inspect<R>(&self, look: impl FnOnce(&QueueFile, &Findings) -> R) -> R {
         let _guard = self.lock().ok();
-        let (mut queue, findings) = self.read_locked();
-        if findings.unreadable_queue {
-            queue = self.rebuild();
-        }
-        (queue, findings)
+        let (queue, findings) = self.read_locked();
+        look(&queue, &findings)
     }
 
     /// Remove `id` from the queue and delete its ticket file (its owner is leaving); reap dead
@@ -319,20 +359,24 @@ impl Queue {
 
 /// Create a ticket file, lock it, write its record. A fresh file nobody else can have locked.
 fn create_ticket(path: &Path, record: &Record) -> io::Result<Held> {
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .mode(0o644)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)?;
-    file.write_all(&serde_json::to_vec(record).expect("a record always serializes"))?;
-    if let Ok(held) = lock::try_exclusive(file)? {
-        Ok(held)
-    } else {
+    // Lock first: a ticket is never seen unlocked with its record written.
+    let Ok(held) = lock::try_exclusive(file)? else {
         let _ = fs::remove_file(path);
-        Err(io::Error::other("a new ticket was locked by someone else"))
+        return Err(io::Error::other("a new ticket was locked by someone else"));
+    };
+    let json = serde_json::to_vec(record).expect("a record always serializes");
+    if let Err(e) = held.file().write_all(&json) {
+        let _ = fs::remove_file(path);
+        return Err(e);
     }
+    Ok(held)
 }
 
 impl Ticket {
@@ -401,8 +445,8 @@ mod tests {
         assert!(q.ahead(&b).unwrap().0.is_none());
         drop(b);
         drop(run);
-        let (queue, _) = q.snapshot();
-        assert!(queue.turns.is_empty());
+        let turns = q.inspect(|queue, _| queue.turns.clone());
+        assert!(turns.is_empty());
         assert!(q.ticket_ids().is_empty());
     }
 
@@ -420,8 +464,8 @@ mod tests {
         let (ahead, findings) = q.ahead(&b).unwrap();
         assert_eq!(ahead.unwrap().record.unwrap().ticket, a.id());
         assert!(!findings.unreadable_queue, "already repaired by join");
-        let (queue, _) = q.snapshot();
-        assert_eq!(queue.turns, vec![a.id(), b.id()]);
+        let turns = q.inspect(|queue, _| queue.turns.clone());
+        assert_eq!(turns, vec![a.id(), b.id()]);
     }
 
     #[test]
@@ -451,6 +495,6 @@ mod tests {
         assert!(ahead.is_none());
         assert_eq!(findings.reaped, vec![7]);
         assert!(!sc.path(TICKETS).join("7").exists());
-        assert_eq!(q.snapshot().0.turns, vec![8]);
+        assert_eq!(q.inspect(|queue, _| queue.turns.clone()), vec![8]);
     }
 }

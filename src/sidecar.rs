@@ -224,11 +224,19 @@ pub fn create_nofollow(path: &Path, mode: u32) -> io::Result<File> {
         .open(path)
 }
 
-/// Create a directory inside the sidecar unless it is already there.
+/// Create a directory inside the sidecar unless it is already there; a symlink or a file in its
+/// place is refused, never followed.
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     match fs::create_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(()),
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    if fs::symlink_metadata(dir)?.is_dir() {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "it is not a directory (a symlink or a file); refusing to use it",
+        ))
     }
 }
 

@@ -129,21 +129,25 @@ pub fn collect(input: &Path) -> Result<Report, Failure> {
     };
     report.sidecar_exists = true;
     let queue = Queue::new(&sidecar);
-    let (turns, findings) = queue.snapshot();
-    if findings.unreadable_queue {
-        report.problems.push(
-            "the queue file is unreadable; the next prompt rebuilds it from the live tickets"
-                .into(),
-        );
-    }
-    if findings.missing_ticket_dir {
-        report
-            .problems
-            .push("the ticket directory is missing".into());
-    }
-    add_tickets(&mut report, &queue, &turns.turns);
-    add_holder(&mut report, &sidecar, &queue);
-    add_kept(&mut report, &sidecar, &queue);
+    // Every ticket probe under the queue lock: none races with a ticket's creation or reaping.
+    queue.inspect(|turns, findings| {
+        if findings.unreadable_queue {
+            report.problems.push(
+                "the queue file is missing or unreadable; the next prompt rebuilds it from the \
+                 live tickets"
+                    .into(),
+            );
+        }
+        if findings.missing_ticket_dir {
+            report
+                .problems
+                .push("the ticket directory is missing".into());
+        }
+        add_tickets(&mut report, &queue, &turns.turns);
+        add_holder(&mut report, &sidecar, &queue);
+        add_kept(&mut report, &sidecar, &queue);
+    });
+    check_layout(&mut report, &sidecar);
     if let Some(state) = Tracker::new(&sidecar, session).load() {
         report.fence = Some(FenceView {
             generation: state.generation,
@@ -224,6 +228,40 @@ fn add_holder(report: &mut Report, sidecar: &Sidecar, queue: &Queue) {
                 "a stale holder record names pid {} ({}), which is gone",
                 holder.pid, holder.mode
             ));
+        }
+    }
+}
+
+/// Anything in the sidecar that is not of the kind it should be (and will be refused).
+fn check_layout(report: &mut Report, sidecar: &Sidecar) {
+    let dirs = [crate::queue::TICKETS, commit::OUT, commit::KEPT];
+    let files = [
+        crate::sidecar::LOCK,
+        crate::sidecar::HOLDER,
+        crate::queue::QUEUE,
+        crate::queue::QUEUE_LOCK,
+        crate::fence::STATE,
+    ];
+    for (names, want_dir) in [(&dirs[..], true), (&files[..], false)] {
+        for name in names {
+            let Ok(meta) = std::fs::symlink_metadata(sidecar.path(name)) else {
+                continue;
+            };
+            let right = if want_dir {
+                meta.is_dir()
+            } else {
+                meta.is_file()
+            };
+            if !right {
+                let want = if want_dir {
+                    "a directory"
+                } else {
+                    "a regular file"
+                };
+                report.problems.push(format!(
+                    "{name} in the sidecar is not {want}; wrappers refuse to use it"
+                ));
+            }
         }
     }
 }

@@ -392,3 +392,81 @@ fn forty_concurrent_prompts_commit_every_reply_once_in_ticket_order() {
     );
     sandbox.assert_no_trace("s.jsonl");
 }
+
+#[test]
+fn a_commit_whose_state_cannot_be_recorded_still_succeeds_with_a_warning() {
+    let sandbox = Sandbox::new();
+    fs::write(sandbox.path("s.jsonl"), SEED).unwrap();
+    // The command blocks the wrapper's (its parent's) temporary state file with a directory.
+    let script = "echo '{\"r\":1}'; mkdir \"$(dirname \"$SESSIONLOCK_SESSION\")/.s.jsonl.sessionlock/.state.$PPID.tmp\"";
+    let out = sandbox
+        .cmd(["prompt", "--append", "s.jsonl", "--", "sh", "-c", script])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: the change was made but not recorded"),
+        "{stderr}"
+    );
+    assert_eq!(sandbox.read("s.jsonl"), format!("{SEED}{{\"r\":1}}\n"));
+}
+
+#[test]
+fn kept_output_is_never_overwritten_even_when_ticket_numbers_restart() {
+    let sandbox = Sandbox::new();
+    fs::write(sandbox.path("s.jsonl"), SEED).unwrap();
+    let sidecar = sandbox.path(".s.jsonl.sessionlock");
+    for reply in ["first", "second"] {
+        sandbox
+            .cmd([
+                "prompt",
+                "--append",
+                "s.jsonl",
+                "--",
+                "sh",
+                "-c",
+                &format!("echo '\"{reply}\"'; exit 3"),
+            ])
+            .assert()
+            .code(3);
+        fs::write(sidecar.join("queue"), "garbage").unwrap();
+        let _ = fs::remove_dir_all(sidecar.join("tickets"));
+    }
+    let mut kept: Vec<String> = fs::read_dir(sidecar.join("kept"))
+        .unwrap()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["\"first\"\n", "\"second\"\n"]);
+}
+
+#[test]
+fn empty_output_succeeds_even_after_an_incomplete_last_line() {
+    let sandbox = Sandbox::new();
+    fs::write(sandbox.path("s.jsonl"), "{\"torn\":").unwrap();
+    sandbox
+        .cmd(["prompt", "--append", "s.jsonl", "--", "true"])
+        .assert()
+        .success();
+    assert_eq!(sandbox.read("s.jsonl"), "{\"torn\":");
+}
+
+#[test]
+fn output_with_invalid_utf8_in_a_string_is_refused() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .cmd([
+            "prompt",
+            "--append",
+            "s.jsonl",
+            "--",
+            "printf",
+            "{\"s\":\"\\377\\376\"}\\n",
+        ])
+        .assert()
+        .code(65)
+        .stderr(predicate::str::contains("invalid UTF-8"));
+    assert!(!sandbox.path("s.jsonl").exists() || sandbox.read("s.jsonl").is_empty());
+}

@@ -448,7 +448,10 @@ fn queue_damage_is_reported_by_status_and_repaired_by_the_next_prompt() {
 
     fs::write(sidecar.join("queue"), "\u{0}garbage{{{").unwrap();
     let problems = sandbox.status("s.jsonl")["problems"].to_string();
-    assert!(problems.contains("queue file is unreadable"), "{problems}");
+    assert!(
+        problems.contains("queue file is missing or unreadable"),
+        "{problems}"
+    );
     sandbox
         .cmd(["prompt", "-n", "s.jsonl", "--", "true"])
         .assert()
@@ -503,4 +506,71 @@ fn status_names_the_write_lock_holder() {
     wait_for("the killed holder's ticket to die", || {
         sandbox.status("s.jsonl")["lock"]["held"] == false
     });
+}
+
+#[test]
+fn a_state_file_deleted_during_a_window_cannot_hide_an_outside_change() {
+    let (_sandbox, code, stderr) = window_with("prompt", &[], |s| {
+        fs::remove_file(s.path(".s.jsonl.sessionlock/state")).unwrap();
+        append_outside(s, "s.jsonl", "{\"outside\":1}");
+    });
+    assert_eq!(code, 76, "{stderr}");
+}
+
+#[test]
+fn a_queue_file_deleted_under_live_turns_is_rebuilt_and_order_kept() {
+    let sandbox = Sandbox::new();
+    let mut a = sandbox.spawn("A", gated(&sandbox, "prompt", "s.jsonl", "A", &[]));
+    sandbox.wait_entered("A");
+    let mut b = sandbox.spawn("B", gated(&sandbox, "prompt", "s.jsonl", "B", &[]));
+    sandbox.wait_queue_len("s.jsonl", 2);
+    fs::remove_file(sandbox.path(".s.jsonl.sessionlock/queue")).unwrap();
+    let mut c = sandbox.spawn("C", gated(&sandbox, "prompt", "s.jsonl", "C", &[]));
+    let queue = sandbox.wait_queue_len("s.jsonl", 3);
+    assert_eq!(queue[2].2, c.pid() as u64, "{queue:?}");
+    assert!(!sandbox.entered("B") && !sandbox.entered("C"));
+    for name in ["A", "B", "C"] {
+        sandbox.open(name);
+    }
+    assert_eq!((a.wait_code(), b.wait_code(), c.wait_code()), (0, 0, 0));
+    assert_no_overlap(&sandbox.log());
+    assert_eq!(entry_order(&sandbox.log()), ["A", "B", "C"]);
+}
+
+#[test]
+fn the_ticket_of_a_killed_run_is_swept_by_the_next_wrapper() {
+    let sandbox = Sandbox::new();
+    let r = sandbox.spawn("R", gated(&sandbox, "run", "s.jsonl", "R", &[]));
+    sandbox.wait_entered("R");
+    r.signal(Signal::SIGKILL);
+    wait_for("the killed run's lock to be free", || {
+        sandbox.status("s.jsonl")["lock"]["held"] == false
+    });
+    let problems = sandbox.status("s.jsonl")["problems"].to_string();
+    assert!(problems.contains("stale"), "{problems}");
+    sandbox
+        .cmd(["run", "s.jsonl", "--", "true"])
+        .assert()
+        .success();
+    sandbox.assert_no_trace("s.jsonl");
+}
+
+#[test]
+fn a_symlinked_directory_planted_in_the_sidecar_is_refused() {
+    let sandbox = Sandbox::new();
+    fs::create_dir(sandbox.path(".s.jsonl.sessionlock")).unwrap();
+    fs::create_dir(sandbox.path("elsewhere")).unwrap();
+    symlink("../elsewhere", sandbox.path(".s.jsonl.sessionlock/tickets")).unwrap();
+    sandbox
+        .cmd(["prompt", "s.jsonl", "--", "touch", "ran"])
+        .assert()
+        .code(74)
+        .stderr(predicates::str::contains("not a directory"));
+    assert_eq!(fs::read_dir(sandbox.path("elsewhere")).unwrap().count(), 0);
+    assert!(!sandbox.path("ran").exists());
+    let problems = sandbox.status("s.jsonl")["problems"].to_string();
+    assert!(
+        problems.contains("tickets in the sidecar is not a directory"),
+        "{problems}"
+    );
 }
