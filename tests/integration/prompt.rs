@@ -9,16 +9,6 @@ use nix::sys::signal::Signal;
 
 use crate::support::{Sandbox, assert_no_overlap, entry_order, wait_for};
 
-/// `MODE -v [EXTRA] SESSION -- gate NAME` as an argv.
-fn gated(sandbox: &Sandbox, mode: &str, session: &str, name: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![mode.to_owned(), "-v".to_owned()];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args.push(session.to_owned());
-    args.push("--".to_owned());
-    args.extend(sandbox.gate(name));
-    args
-}
-
 /// Append a line to the session file from this process: an outside writer.
 fn append_outside(sandbox: &Sandbox, session: &str, line: &str) {
     let mut file = fs::OpenOptions::new()
@@ -50,9 +40,9 @@ fn a_second_prompt_through_another_spelling_waits_for_the_first_turn_to_end() {
     fs::create_dir(sandbox.path("d")).unwrap();
     symlink("d", sandbox.path("alias")).unwrap();
     let absolute = sandbox.path("d/s.jsonl").display().to_string();
-    let mut a = sandbox.spawn("A", gated(&sandbox, "prompt", &absolute, "A", &[]));
+    let mut a = sandbox.spawn("A", sandbox.gated("prompt", &absolute, "A", &[]));
     sandbox.wait_entered("A");
-    let mut b = sandbox.spawn("B", gated(&sandbox, "prompt", "alias/s.jsonl", "B", &[]));
+    let mut b = sandbox.spawn("B", sandbox.gated("prompt", "alias/s.jsonl", "B", &[]));
     let queue = sandbox.wait_queue_len("d/s.jsonl", 2);
     assert_eq!(queue[0].1, "active");
     assert_eq!(queue[1].1, "waiting");
@@ -73,8 +63,8 @@ fn a_second_prompt_through_another_spelling_waits_for_the_first_turn_to_end() {
 #[test]
 fn prompts_on_different_files_run_at_the_same_time() {
     let sandbox = Sandbox::new();
-    let mut a = sandbox.spawn("A", gated(&sandbox, "prompt", "a.jsonl", "A", &[]));
-    let mut b = sandbox.spawn("B", gated(&sandbox, "prompt", "b.jsonl", "B", &[]));
+    let mut a = sandbox.spawn("A", sandbox.gated("prompt", "a.jsonl", "A", &[]));
+    let mut b = sandbox.spawn("B", sandbox.gated("prompt", "b.jsonl", "B", &[]));
     sandbox.wait_entered("A");
     sandbox.wait_entered("B");
     sandbox.open("A");
@@ -85,12 +75,12 @@ fn prompts_on_different_files_run_at_the_same_time() {
 #[test]
 fn windows_open_in_join_order() {
     let sandbox = Sandbox::new();
-    let mut first = sandbox.spawn("A", gated(&sandbox, "prompt", "s.jsonl", "A", &[]));
+    let mut first = sandbox.spawn("A", sandbox.gated("prompt", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
     let names: Vec<String> = (1..=8).map(|i| format!("P{i}")).collect();
     let mut waiters = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        waiters.push(sandbox.spawn(name, gated(&sandbox, "prompt", "s.jsonl", name, &[])));
+        waiters.push(sandbox.spawn(name, sandbox.gated("prompt", "s.jsonl", name, &[])));
         // Each joins only after the previous one is in the queue.
         let queue = sandbox.wait_queue_len("s.jsonl", i + 2);
         assert_eq!(queue[i + 1].2, waiters[i].pid() as u64, "{queue:?}");
@@ -124,7 +114,7 @@ fn windows_open_in_join_order() {
 #[test]
 fn idle_wait_holds_no_turn_and_succeeds_after_a_prompt_ran_during_it() {
     let sandbox = Sandbox::new();
-    let mut idle = sandbox.spawn("I", gated(&sandbox, "idle-wait", "s.jsonl", "I", &[]));
+    let mut idle = sandbox.spawn("I", sandbox.gated("idle-wait", "s.jsonl", "I", &[]));
     sandbox.wait_entered("I");
     let status = sandbox.status("s.jsonl");
     assert_eq!(status["others"][0]["mode"], "idle-wait", "{status:#}");
@@ -159,7 +149,7 @@ fn window_with(
 ) -> (Sandbox, i32, String) {
     let sandbox = Sandbox::new();
     fs::write(sandbox.path("s.jsonl"), "{\"first\":1}\n").unwrap();
-    let mut proc = sandbox.spawn("W", gated(&sandbox, mode, "s.jsonl", "W", extra));
+    let mut proc = sandbox.spawn("W", sandbox.gated(mode, "s.jsonl", "W", extra));
     sandbox.wait_entered("W");
     change(&sandbox);
     sandbox.open("W");
@@ -241,21 +231,15 @@ fn a_compaction_that_renames_over_the_file_is_a_takeover_unless_owned() {
 #[test]
 fn a_waiter_whose_turn_timeout_expires_leaves_and_a_later_waiter_still_gets_its_turn() {
     let sandbox = Sandbox::new();
-    let mut a = sandbox.spawn("A", gated(&sandbox, "prompt", "s.jsonl", "A", &[]));
+    let mut a = sandbox.spawn("A", sandbox.gated("prompt", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
     let mut b = sandbox.spawn(
         "B",
-        gated(
-            &sandbox,
-            "prompt",
-            "s.jsonl",
-            "B",
-            &["--turn-timeout", "2s"],
-        ),
+        sandbox.gated("prompt", "s.jsonl", "B", &["--turn-timeout", "2s"]),
     );
     sandbox.wait_queue_len("s.jsonl", 2);
     // C queues behind B, so C's wait hangs on B's ticket when B gives up.
-    let mut c = sandbox.spawn("C", gated(&sandbox, "prompt", "s.jsonl", "C", &[]));
+    let mut c = sandbox.spawn("C", sandbox.gated("prompt", "s.jsonl", "C", &[]));
     sandbox.wait_queue_len("s.jsonl", 3);
     assert_eq!(b.wait_code(), 75, "{}", b.stderr());
     assert!(
@@ -276,7 +260,7 @@ fn a_waiter_whose_turn_timeout_expires_leaves_and_a_later_waiter_still_gets_its_
 #[test]
 fn nonblock_gives_up_at_once_when_a_turn_is_ahead() {
     let sandbox = Sandbox::new();
-    let _a = sandbox.spawn("A", gated(&sandbox, "prompt", "s.jsonl", "A", &[]));
+    let _a = sandbox.spawn("A", sandbox.gated("prompt", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
     sandbox
         .cmd(["prompt", "-n", "-E", "9", "s.jsonl", "--", "touch", "ran"])
@@ -304,11 +288,11 @@ fn a_failing_or_killed_child_leaves_no_trace() {
 #[test]
 fn a_signal_while_waiting_for_a_turn_leaves_the_queue() {
     let sandbox = Sandbox::new();
-    let mut a = sandbox.spawn("A", gated(&sandbox, "prompt", "s.jsonl", "A", &[]));
+    let mut a = sandbox.spawn("A", sandbox.gated("prompt", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
     for (i, signal) in [Signal::SIGTERM, Signal::SIGINT].into_iter().enumerate() {
         let name = format!("B{i}");
-        let mut b = sandbox.spawn(&name, gated(&sandbox, "prompt", "s.jsonl", &name, &[]));
+        let mut b = sandbox.spawn(&name, sandbox.gated("prompt", "s.jsonl", &name, &[]));
         sandbox.wait_queue_len("s.jsonl", 2);
         b.signal(signal);
         assert_eq!(b.wait_code(), 128 + signal as i32);
@@ -320,7 +304,7 @@ fn a_signal_while_waiting_for_a_turn_leaves_the_queue() {
         sandbox.wait_queue_len("s.jsonl", 1);
     }
     // The next waiter is not held up by the ones that left.
-    let mut c = sandbox.spawn("C", gated(&sandbox, "prompt", "s.jsonl", "C", &[]));
+    let mut c = sandbox.spawn("C", sandbox.gated("prompt", "s.jsonl", "C", &[]));
     sandbox.wait_queue_len("s.jsonl", 2);
     sandbox.open("A");
     sandbox.open("C");
@@ -333,7 +317,7 @@ fn a_signal_during_the_window_reaches_the_child_and_leaves_no_trace() {
     let sandbox = Sandbox::new();
     for (signal, mode) in [(Signal::SIGTERM, "prompt"), (Signal::SIGINT, "idle-wait")] {
         let name = format!("{mode}-{}", signal.as_str());
-        let mut w = sandbox.spawn(&name, gated(&sandbox, mode, "s.jsonl", &name, &[]));
+        let mut w = sandbox.spawn(&name, sandbox.gated(mode, "s.jsonl", &name, &[]));
         sandbox.wait_entered(&name);
         w.signal(signal);
         assert_eq!(w.wait_code(), 128 + signal as i32, "{}", w.stderr());
@@ -346,11 +330,11 @@ fn a_reacquire_that_times_out_exits_75_and_leaves_the_queue() {
     let sandbox = Sandbox::new();
     let mut p = sandbox.spawn(
         "P",
-        gated(&sandbox, "prompt", "s.jsonl", "P", &["--timeout", "300ms"]),
+        sandbox.gated("prompt", "s.jsonl", "P", &["--timeout", "300ms"]),
     );
     sandbox.wait_entered("P");
     // A long `run` takes the write lock during P's window.
-    let mut r = sandbox.spawn("R", gated(&sandbox, "run", "s.jsonl", "R", &[]));
+    let mut r = sandbox.spawn("R", sandbox.gated("run", "s.jsonl", "R", &[]));
     sandbox.wait_entered("R");
     sandbox.open("P");
     assert_eq!(p.wait_code(), 75, "{}", p.stderr());
@@ -385,11 +369,11 @@ fn an_unreadable_fingerprint_after_the_window_fails_with_74_and_leaves_no_trace(
 #[test]
 fn sigkill_of_the_active_turn_hands_the_turn_on_and_the_dead_entry_is_reaped() {
     let sandbox = Sandbox::new();
-    let a = sandbox.spawn("A", gated(&sandbox, "prompt", "s.jsonl", "A", &[]));
+    let a = sandbox.spawn("A", sandbox.gated("prompt", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
-    let mut b = sandbox.spawn("B", gated(&sandbox, "prompt", "s.jsonl", "B", &[]));
+    let mut b = sandbox.spawn("B", sandbox.gated("prompt", "s.jsonl", "B", &[]));
     sandbox.wait_queue_len("s.jsonl", 2);
-    let mut c = sandbox.spawn("C", gated(&sandbox, "prompt", "s.jsonl", "C", &[]));
+    let mut c = sandbox.spawn("C", sandbox.gated("prompt", "s.jsonl", "C", &[]));
     sandbox.wait_queue_len("s.jsonl", 3);
     // Kill the waiting B first: C's wait hangs on B's ticket, and must move on to A's.
     b.signal(Signal::SIGKILL);
@@ -487,7 +471,7 @@ fn status_without_a_sidecar_says_so_and_exits_0() {
 #[test]
 fn status_names_the_write_lock_holder() {
     let sandbox = Sandbox::new();
-    let r = sandbox.spawn("R", gated(&sandbox, "run", "s.jsonl", "R", &[]));
+    let r = sandbox.spawn("R", sandbox.gated("run", "s.jsonl", "R", &[]));
     sandbox.wait_entered("R");
     let status = sandbox.status("s.jsonl");
     assert_eq!(status["lock"]["held"], true, "{status:#}");
@@ -520,12 +504,12 @@ fn a_state_file_deleted_during_a_window_cannot_hide_an_outside_change() {
 #[test]
 fn a_queue_file_deleted_under_live_turns_is_rebuilt_and_order_kept() {
     let sandbox = Sandbox::new();
-    let mut a = sandbox.spawn("A", gated(&sandbox, "prompt", "s.jsonl", "A", &[]));
+    let mut a = sandbox.spawn("A", sandbox.gated("prompt", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
-    let mut b = sandbox.spawn("B", gated(&sandbox, "prompt", "s.jsonl", "B", &[]));
+    let mut b = sandbox.spawn("B", sandbox.gated("prompt", "s.jsonl", "B", &[]));
     sandbox.wait_queue_len("s.jsonl", 2);
     fs::remove_file(sandbox.path(".s.jsonl.sessionlock/queue")).unwrap();
-    let mut c = sandbox.spawn("C", gated(&sandbox, "prompt", "s.jsonl", "C", &[]));
+    let mut c = sandbox.spawn("C", sandbox.gated("prompt", "s.jsonl", "C", &[]));
     let queue = sandbox.wait_queue_len("s.jsonl", 3);
     assert_eq!(queue[2].2, c.pid() as u64, "{queue:?}");
     assert!(!sandbox.entered("B") && !sandbox.entered("C"));
@@ -540,7 +524,7 @@ fn a_queue_file_deleted_under_live_turns_is_rebuilt_and_order_kept() {
 #[test]
 fn the_ticket_of_a_killed_run_is_swept_by_the_next_wrapper() {
     let sandbox = Sandbox::new();
-    let r = sandbox.spawn("R", gated(&sandbox, "run", "s.jsonl", "R", &[]));
+    let r = sandbox.spawn("R", sandbox.gated("run", "s.jsonl", "R", &[]));
     sandbox.wait_entered("R");
     r.signal(Signal::SIGKILL);
     wait_for("the killed run's lock to be free", || {

@@ -11,16 +11,6 @@ use predicates::prelude::*;
 
 use crate::support::{Sandbox, assert_no_overlap, wait_for};
 
-/// `run -v SESSION -- gate NAME` as an argv.
-fn run_gate(sandbox: &Sandbox, session: &str, name: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = vec!["run".to_owned(), "-v".to_owned()];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args.push(session.to_owned());
-    args.push("--".to_owned());
-    args.extend(sandbox.gate(name));
-    args
-}
-
 /// The stderr of a finished command, checked to be one `sessionlock:` line.
 fn one_line(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr).into_owned();
@@ -48,14 +38,14 @@ fn run_serializes_every_spelling_of_one_file() {
         ("D", "filelink"),
         ("E", "d/../d/./s.jsonl"),
     ];
-    let mut first = sandbox.spawn("A", run_gate(&sandbox, spellings[0].1, "A", &[]));
+    let mut first = sandbox.spawn("A", sandbox.gated("run", spellings[0].1, "A", &[]));
     sandbox.wait_entered("A");
     let mut waiters: Vec<_> = spellings[1..]
         .iter()
         .map(|(name, path)| {
             (
                 *name,
-                sandbox.spawn(name, run_gate(&sandbox, path, name, &[])),
+                sandbox.spawn(name, sandbox.gated("run", path, name, &[])),
             )
         })
         .collect();
@@ -97,7 +87,7 @@ fn run_serializes_every_spelling_of_one_file() {
 #[test]
 fn different_files_do_not_block_each_other() {
     let sandbox = Sandbox::new();
-    let _a = sandbox.spawn("A", run_gate(&sandbox, "a.jsonl", "A", &[]));
+    let _a = sandbox.spawn("A", sandbox.gated("run", "a.jsonl", "A", &[]));
     sandbox.wait_entered("A");
     sandbox
         .cmd(["run", "--nonblock", "b.jsonl", "--", "touch", "b-ran"])
@@ -112,7 +102,7 @@ fn different_files_do_not_block_each_other() {
 #[test]
 fn nonblock_on_a_held_lock_exits_75_naming_file_and_holder() {
     let sandbox = Sandbox::new();
-    let holder = sandbox.spawn("A", run_gate(&sandbox, "s.jsonl", "A", &[]));
+    let holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
     let out = sandbox
         .cmd(["run", "--nonblock", "s.jsonl", "--", "touch", "ran"])
@@ -140,7 +130,7 @@ fn nonblock_on_a_held_lock_exits_75_naming_file_and_holder() {
 #[test]
 fn timeout_on_a_held_lock_exits_75_and_conflict_exit_code_overrides_it() {
     let sandbox = Sandbox::new();
-    let _holder = sandbox.spawn("A", run_gate(&sandbox, "s.jsonl", "A", &[]));
+    let _holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
     let out = sandbox
         .cmd([
@@ -186,7 +176,7 @@ fn timeout_on_a_held_lock_exits_75_and_conflict_exit_code_overrides_it() {
 #[test]
 fn a_wait_longer_than_a_second_says_so_once_naming_the_holder() {
     let sandbox = Sandbox::new();
-    let holder = sandbox.spawn("A", run_gate(&sandbox, "s.jsonl", "A", &[]));
+    let holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
     let mut waiter = sandbox.spawn("B", ["run", "s.jsonl", "--", "true"]);
     let expected = format!(
@@ -265,7 +255,7 @@ fn the_child_gets_the_key_and_mode_in_its_environment() {
 #[test]
 fn the_child_never_inherits_a_lock_descriptor() {
     let sandbox = Sandbox::new();
-    let _holder = sandbox.spawn("A", run_gate(&sandbox, "s.jsonl", "A", &[]));
+    let _holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
     // B takes the lock after waiting (the helper-thread path), then lists its child's descriptors.
     let mut waiter = sandbox.spawn(
@@ -316,9 +306,9 @@ fn the_child_never_inherits_a_lock_descriptor() {
 #[test]
 fn sigkill_of_the_holder_hands_the_lock_to_the_waiter_at_once() {
     let sandbox = Sandbox::new();
-    let holder = sandbox.spawn("A", run_gate(&sandbox, "s.jsonl", "A", &[]));
+    let holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
-    let mut waiter = sandbox.spawn("B", run_gate(&sandbox, "s.jsonl", "B", &[]));
+    let mut waiter = sandbox.spawn("B", sandbox.gated("run", "s.jsonl", "B", &[]));
     waiter.wait_stderr("waiting for the write lock");
     assert!(!sandbox.entered("B"));
     holder.signal(Signal::SIGKILL);
@@ -370,9 +360,9 @@ fn signals_sent_to_the_wrapper_reach_the_child() {
 #[test]
 fn a_signal_while_waiting_for_the_lock_exits_128_plus_n_without_running_the_command() {
     let sandbox = Sandbox::new();
-    let _holder = sandbox.spawn("A", run_gate(&sandbox, "s.jsonl", "A", &[]));
+    let _holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
-    let mut waiter = sandbox.spawn("B", run_gate(&sandbox, "s.jsonl", "B", &[]));
+    let mut waiter = sandbox.spawn("B", sandbox.gated("run", "s.jsonl", "B", &[]));
     waiter.wait_stderr("waiting for the write lock");
     waiter.signal(Signal::SIGTERM);
     assert_eq!(waiter.wait_code(), 143);

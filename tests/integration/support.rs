@@ -74,6 +74,17 @@ impl Sandbox {
         cmd
     }
 
+    /// `MODE -v [EXTRA] SESSION -- gate NAME`: a wrapper whose window stays open until
+    /// `open(NAME)`; `-v` makes it say at once when it waits.
+    pub fn gated(&self, mode: &str, session: &str, name: &str, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![mode.to_owned(), "-v".to_owned()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.push(session.to_owned());
+        args.push("--".to_owned());
+        args.extend(self.gate(name));
+        args
+    }
+
     /// The argv of a gate child named `name`.
     pub fn gate(&self, name: &str) -> Vec<String> {
         vec![
