@@ -66,7 +66,7 @@ _sessionlock() {
             return 0
             ;;
         sessionlock__subcmd__idle__subcmd__wait)
-            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --quiet --verbose --strict --append --tee --repair --help --version"
+            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --max-hold --grace --quiet --verbose --strict --append --tee --repair --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -85,6 +85,14 @@ _sessionlock() {
                     return 0
                     ;;
                 -E)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-hold)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --grace)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -96,7 +104,7 @@ _sessionlock() {
             return 0
             ;;
         sessionlock__subcmd__prompt)
-            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --quiet --verbose --turn-timeout --strict --append --tee --repair --help --version"
+            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --max-hold --grace --quiet --verbose --turn-timeout --strict --append --tee --repair --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -115,6 +123,14 @@ _sessionlock() {
                     return 0
                     ;;
                 -E)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-hold)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --grace)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -130,7 +146,7 @@ _sessionlock() {
             return 0
             ;;
         sessionlock__subcmd__run)
-            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --quiet --verbose --append --tee --repair --help --version"
+            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --max-hold --grace --quiet --verbose --append --tee --repair --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -149,6 +165,14 @@ _sessionlock() {
                     return 0
                     ;;
                 -E)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-hold)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --grace)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

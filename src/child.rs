@@ -9,12 +9,13 @@ use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
-use nix::sys::signal::kill;
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::exit::{self, Failure};
-use crate::signal::Signals;
+use crate::signal::{self, Signals};
 
 /// What the child is started with.
 pub struct Spec<'a> {
@@ -65,19 +66,49 @@ fn spawn_failure(program: &OsStr, err: &io::Error, session: &Path) -> Failure {
     }
 }
 
-/// Wait for the child, forwarding terminating signals the wrapper receives to it.
-pub fn wait(child: &mut Child, signals: &Signals) -> io::Result<ExitStatus> {
+/// A bound on the child's run time (`--max-hold`): SIGTERM after `after`, SIGKILL `grace` later.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxHold {
+    pub after: Duration,
+    pub grace: Duration,
+}
+
+/// How the child ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    pub status: ExitStatus,
+    /// The last signal the wrapper sent because of `--max-hold`, if it had to.
+    pub stopped: Option<Signal>,
+}
+
+/// Wait for the child, forwarding terminating signals the wrapper receives to it, and stopping
+/// it when it runs past `max_hold`.
+pub fn wait(child: &mut Child, signals: &Signals, max_hold: Option<MaxHold>) -> io::Result<Ended> {
     let pid = Pid::from_raw(child.id() as i32);
+    let mut next = max_hold.and_then(|m| signal::deadline(m.after));
+    let mut stopped = None;
     loop {
         if let Some(status) = child.try_wait()? {
-            return Ok(status);
+            return Ok(Ended { status, stopped });
         }
-        let woken = signals.wait(None, None)?;
+        let woken = signals.wait(None, next)?;
         for received in woken.signals {
             if !received.from_kernel {
                 // The child may have just exited; ESRCH is not an error here.
                 let _ = kill(pid, received.signal);
             }
+        }
+        if next.is_some_and(|at| at <= Instant::now()) {
+            let (sent, then) = match stopped {
+                None => (
+                    Signal::SIGTERM,
+                    max_hold.and_then(|m| signal::deadline(m.grace)),
+                ),
+                Some(_) => (Signal::SIGKILL, None),
+            };
+            let _ = kill(pid, sent);
+            stopped = Some(sent);
+            next = then;
         }
     }
 }

@@ -107,6 +107,14 @@ pub struct LockOpts {
     #[arg(short = 'E', long, value_name = "N", default_value_t = crate::exit::BUSY)]
     pub conflict_exit_code: u8,
 
+    /// Stop the command if it runs longer than this: SIGTERM, then SIGKILL after --grace
+    #[arg(long, value_name = "DURATION", env = "SESSIONLOCK_MAX_HOLD", value_parser = parse_duration)]
+    pub max_hold: Option<Duration>,
+
+    /// With --max-hold: how long after SIGTERM to send SIGKILL
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+
     /// Say nothing while waiting (errors are still reported)
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,

@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
+use crate::child::MaxHold;
 use crate::cli::{CommitOpts, FenceOpts, LockOpts, Target};
 use crate::exit::{self, Failure};
 use crate::key::{self, Key};
@@ -52,6 +53,8 @@ pub struct Config {
     pub turn_timeout: Duration,
     /// Any change in the window is a takeover.
     pub strict: bool,
+    /// `--max-hold`: stop the command when it runs too long.
+    pub max_hold: Option<MaxHold>,
     /// `--append`: capture stdout and commit it; `None` without it.
     pub commit: Option<Commit>,
 }
@@ -110,6 +113,10 @@ impl Config {
                 turn_timeout.unwrap_or(Duration::ZERO)
             },
             strict: fence.is_some_and(|f| f.strict),
+            max_hold: lock.max_hold.map(|after| MaxHold {
+                after,
+                grace: lock.grace,
+            }),
             commit: commit.append.then_some(Commit {
                 tee: commit.tee,
                 repair: commit.repair,

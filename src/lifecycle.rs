@@ -57,11 +57,11 @@ fn run<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
     let before = c.observe(&lock)?;
     let (capture, stdout) = start_capture(ctx, C::ticket_id(&ticket))?;
     let outcome = match run_child(ctx, C::ticket_id(&ticket), stdout) {
-        Ok(0) => match capture {
+        Ok(ran) if ran.failed() => Ok(command_failed(ctx, capture, ran)),
+        Ok(_) => match capture {
             Some(capture) => commit_output(ctx, C::ticket_id(&ticket), capture).map(|()| 0),
             None => Ok(0),
         },
-        Ok(code) => Ok(command_failed(ctx, capture, code)),
         Err(failure) => Err(failure),
     };
     // Whatever the child (and the commit) did to the file, it did under the lock: it is owned.
@@ -136,9 +136,9 @@ fn window<C: Coordinator>(
     let fence = c.fence(&lock)?;
     drop(lock);
     let (capture, stdout) = start_capture(ctx, id)?;
-    let code = run_child(ctx, id, stdout)?;
-    if code != 0 {
-        return Ok(command_failed(ctx, capture, code));
+    let ran = run_child(ctx, id, stdout)?;
+    if ran.failed() {
+        return Ok(command_failed(ctx, capture, ran));
     }
     let lock = match c.write_lock(Some(ticket), Phase::AfterWindow) {
         Ok(lock) => lock,
@@ -170,7 +170,7 @@ fn window<C: Coordinator>(
         committed?;
     }
     drop(lock);
-    Ok(code)
+    Ok(ran.code)
 }
 
 /// Record the file's change since `before` as an owned write. It has happened already (the
@@ -244,15 +244,31 @@ fn commit_output(ctx: &Ctx<'_>, ticket: u64, mut capture: Capture) -> Result<(),
 }
 
 /// The command failed: nothing is appended; keep what it printed and say where.
-fn command_failed(ctx: &Ctx<'_>, capture: Option<Capture>, code: u8) -> u8 {
-    if let Some(kept) = capture.and_then(|c| c.keep("command-failed")) {
-        exit::say(&format!(
-            "the command exited with {code}; nothing appended; its output was kept in {} ({})",
-            kept.display(),
-            ctx.config.key.path().display()
-        ));
+fn command_failed(ctx: &Ctx<'_>, capture: Option<Capture>, ran: Ran) -> u8 {
+    let session = ctx.config.key.path().display();
+    let what = match (ran.stopped, ctx.config.max_hold) {
+        (Some(signal), Some(max)) => format!(
+            "the command ran longer than --max-hold {} and was stopped with {signal} (status {})",
+            humantime::format_duration(max.after),
+            ran.code
+        ),
+        _ => format!("the command exited with {}", ran.code),
+    };
+    let reason = if ran.stopped.is_some() {
+        "max-hold"
+    } else {
+        "command-failed"
+    };
+    match capture.map(|c| c.keep(reason)) {
+        Some(Some(kept)) => exit::say(&format!(
+            "{what}; nothing appended; its output was kept in {} ({session})",
+            kept.display()
+        )),
+        Some(None) => exit::say(&format!("{what}; nothing appended ({session})")),
+        None if ran.stopped.is_some() => exit::say(&format!("{what} ({session})")),
+        None => {}
     }
-    code
+    ran.code
 }
 
 /// Keep the capture (if any) and add where it went to the failure's line.
@@ -264,8 +280,25 @@ fn keeping(failure: Failure, capture: Option<Capture>, reason: &str) -> Failure 
     }
 }
 
+/// How the child's run ended, as the wrapper reports it.
+#[derive(Debug, Clone, Copy)]
+struct Ran {
+    /// The exit code to return: the child's, or `128 + N` for the signal it died of (or that
+    /// `--max-hold` sent it, if it then exited 0).
+    code: u8,
+    /// The signal `--max-hold` had to send.
+    stopped: Option<nix::sys::signal::Signal>,
+}
+
+impl Ran {
+    /// Nothing may be committed after this run.
+    fn failed(self) -> bool {
+        self.code != 0 || self.stopped.is_some()
+    }
+}
+
 /// Start the child, wait for it (forwarding signals), and return the code it maps to.
-fn run_child(ctx: &Ctx<'_>, ticket: u64, stdout: Option<Stdio>) -> Result<u8, Failure> {
+fn run_child(ctx: &Ctx<'_>, ticket: u64, stdout: Option<Stdio>) -> Result<Ran, Failure> {
     let config = ctx.config;
     let mut env: Vec<(&'static str, OsString)> = vec![
         (
@@ -285,10 +318,17 @@ fn run_child(ctx: &Ctx<'_>, ticket: u64, stdout: Option<Stdio>) -> Result<u8, Fa
         },
         config.key.path(),
     )?;
-    let status = child::wait(&mut child, ctx.signals)
+    let ended = child::wait(&mut child, ctx.signals, config.max_hold)
         .map_err(|e| Failure::io("cannot wait for the command", &e, config.key.path()))?;
-    if status.signal() == Some(nix::libc::SIGINT) {
+    if ended.status.signal() == Some(nix::libc::SIGINT) {
         exit::die_of_sigint();
     }
-    Ok(child::exit_code(status))
+    let mut code = child::exit_code(ended.status);
+    if let (Some(signal), 0) = (ended.stopped, code) {
+        code = exit::signalled(signal as i32);
+    }
+    Ok(Ran {
+        code,
+        stopped: ended.stopped,
+    })
 }

@@ -558,3 +558,62 @@ fn a_symlinked_directory_planted_in_the_sidecar_is_refused() {
         "{problems}"
     );
 }
+
+#[test]
+fn max_hold_stops_a_command_that_runs_too_long_and_hands_the_turn_on() {
+    let sandbox = Sandbox::new();
+    // A's window never opens its gate: only --max-hold ends it.
+    let mut a = sandbox.spawn(
+        "A",
+        sandbox.gated(
+            "prompt",
+            "s.jsonl",
+            "A",
+            &["--max-hold", "300ms", "--append"],
+        ),
+    );
+    sandbox.wait_entered("A");
+    let mut b = sandbox.spawn("B", sandbox.gated("prompt", "s.jsonl", "B", &[]));
+    sandbox.wait_queue_len("s.jsonl", 2);
+    assert_eq!(a.wait_code(), 143, "{}", a.stderr());
+    let line = a
+        .stderr()
+        .lines()
+        .find(|l| l.contains("--max-hold"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        line.contains("ran longer than --max-hold 300ms and was stopped with SIGTERM"),
+        "{line}"
+    );
+    sandbox.wait_entered("B");
+    sandbox.open("B");
+    assert_eq!(b.wait_code(), 0);
+    assert!(
+        !sandbox.path("s.jsonl").exists(),
+        "nothing may be committed"
+    );
+    sandbox.assert_no_trace("s.jsonl");
+}
+
+#[test]
+fn max_hold_kills_after_the_grace_a_command_that_ignores_sigterm() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .cmd([
+            "run",
+            "--max-hold",
+            "100ms",
+            "--grace",
+            "200ms",
+            "s.jsonl",
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; while :; do sleep 0.01; done",
+        ])
+        .assert()
+        .code(137)
+        .stderr(predicates::str::contains("stopped with SIGKILL"));
+    sandbox.assert_no_trace("s.jsonl");
+}
