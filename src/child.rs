@@ -25,6 +25,9 @@ pub struct Spec<'a> {
     pub env: Vec<(&'static str, OsString)>,
     /// Where its stdout goes; `None` inherits the wrapper's.
     pub stdout: Option<Stdio>,
+    /// What it gets if the wrapper dies first (Linux: `PR_SET_PDEATHSIG`), so that no command
+    /// runs on after its wrapper, on a lock nobody holds any more.
+    pub parent_death: Signal,
 }
 
 /// Start the child. `session` names the file in the error line.
@@ -38,6 +41,28 @@ pub fn spawn(spec: Spec<'_>, session: &Path) -> Result<Child, Failure> {
     if let Some(stdout) = spec.stdout {
         command.stdout(stdout);
     }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::process::CommandExt;
+        let signal = spec.parent_death;
+        let parent = nix::unistd::getpid();
+        // SAFETY: between fork and exec this calls only prctl(2) and getppid(2), which are
+        // async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(signal)?;
+                // The wrapper died before the prctl took effect: the signal will never come.
+                if nix::unistd::getppid() != parent {
+                    return Err(io::Error::other(
+                        "the wrapper died while starting the command",
+                    ));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = spec.parent_death;
     command
         .spawn()
         .map_err(|e| spawn_failure(program, &e, session))

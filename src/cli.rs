@@ -14,10 +14,12 @@ EXIT STATUS
   The wrapper's own outcomes:
      2  usage error (bad option, invalid duration, no command)
     65  --append: output is not valid JSONL, or the session ends in an incomplete line
-    66  session path unusable: its directory is missing, or it is a directory
+    66  session path unusable: its directory is missing, it is a directory, it ends in /,
+        it loops through symlinks, or a name is too long
     70  internal error
     73  cannot create the sidecar, or its path is occupied by a file or symlink
-    74  I/O error on the session file or the sidecar
+    74  I/O error on the session file or the sidecar (also: a symlink or FIFO planted in
+        the sidecar, a session file whose fingerprint cannot be read)
     74  also: an --append write failed (the file is rolled back, the output kept)
     75  write lock or prompt turn not obtained in time, or busy with --nonblock
         (override with --conflict-exit-code)
@@ -26,8 +28,9 @@ EXIT STATUS
    126  command found but not executable
    127  command not found
    128+N  interrupted by signal N while waiting
-  Every failure prints exactly one line `sessionlock: <what happened> (<file>)` on stderr.
-  The wrapper never writes to stdout, except `status`.
+  Every failure prints exactly one line `sessionlock: <what happened> (<file>)` on stderr
+  (usage errors name no file). The wrapper writes nothing to stdout: only the command's
+  output goes there (copied by --tee), and status prints its report there.
 
 FILES
   <dir>/.<name>.sessionlock/             the sidecar of <dir>/<name>, created on first use

@@ -67,7 +67,7 @@ fn run<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
     // Whatever the child (and the commit) did to the file, it did under the lock: it is owned.
     publish(c, &lock, &before);
     drop(lock);
-    c.leave(ticket)?;
+    leave(c, ticket);
     outcome
 }
 
@@ -110,7 +110,7 @@ fn prompt<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
     // 4-9: fence, window, reacquire, check, commit, release.
     let code = window(c, ctx, lock, &ticket)?;
     // 10: leave the queue, which wakes the next turn.
-    c.leave(ticket)?;
+    leave(c, ticket);
     Ok(code)
 }
 
@@ -119,7 +119,7 @@ fn idle_wait<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
     let lock = c.write_lock(None, Phase::Enter)?;
     let ticket = c.issue(&lock)?;
     let code = window(c, ctx, lock, &ticket)?;
-    c.leave(ticket)?;
+    leave(c, ticket);
     Ok(code)
 }
 
@@ -142,7 +142,14 @@ fn window<C: Coordinator>(
     }
     let lock = match c.write_lock(Some(ticket), Phase::AfterWindow) {
         Ok(lock) => lock,
-        Err(failure) => return Err(keeping(failure, capture, "lock-timeout")),
+        Err(failure) => {
+            let reason = if failure.code >= 128 {
+                "interrupted"
+            } else {
+                "lock-timeout"
+            };
+            return Err(keeping(failure, capture, reason));
+        }
     };
     let verdict = match c.check(&lock, &fence) {
         Ok(verdict) => verdict,
@@ -171,6 +178,17 @@ fn window<C: Coordinator>(
     }
     drop(lock);
     Ok(ran.code)
+}
+
+/// Leave the queue after the work is done. The ticket lock is freed either way, so the turn
+/// behind wakes; if the entry could not be removed, it is dead and the next prompt reaps it.
+/// Failing here must not turn a committed reply into a failure a caller would retry.
+fn leave<C: Coordinator>(c: &C, ticket: C::Ticket) {
+    if let Err(failure) = c.leave(ticket) {
+        exit::say(&format!(
+            "warning: could not remove the queue entry (the next prompt reaps it): {failure}"
+        ));
+    }
 }
 
 /// Record the file's change since `before` as an owned write. It has happened already (the
@@ -218,7 +236,7 @@ fn commit_output(ctx: &Ctx<'_>, ticket: u64, mut capture: Capture) -> Result<(),
     match commit::append(session, ctx.sidecar, ticket, &bytes, repair) {
         Ok(done) => {
             if let Some((tail, moved)) = done.repaired {
-                config.notice(&format!(
+                exit::say(&format!(
                     "moved an incomplete last line ({tail} bytes) of {} into {}",
                     session.display(),
                     moved.display()
@@ -315,6 +333,13 @@ fn run_child(ctx: &Ctx<'_>, ticket: u64, stdout: Option<Stdio>) -> Result<Ran, F
             argv: &config.argv,
             env,
             stdout,
+            // `run`'s command works under the write lock: it must not outlive a killed wrapper.
+            // In a window nothing is held, so the command may clean up.
+            parent_death: if config.mode == Mode::Run {
+                nix::sys::signal::Signal::SIGKILL
+            } else {
+                nix::sys::signal::Signal::SIGTERM
+            },
         },
         config.key.path(),
     )?;

@@ -89,7 +89,6 @@ pub struct Ticket {
     queue: Queue,
     id: u64,
     path: PathBuf,
-    joined: bool,
     held: Option<Held>,
 }
 
@@ -158,7 +157,6 @@ impl Queue {
             queue: self.clone(),
             id,
             path,
-            joined: false,
             held: Some(held),
         })
     }
@@ -182,7 +180,6 @@ impl Queue {
             queue.turns.push(ticket.id);
         }
         self.write_locked(&queue)?;
-        ticket.joined = true;
         Ok(findings)
     }
 
@@ -277,7 +274,8 @@ impl Queue {
             .filter_map(|id| self.read_record(id))
             .filter(|r| r.mode == "prompt")
             .collect();
-        live.sort_by_key(|r| (r.joined_ms, r.ticket));
+        // Tickets are issued under the write lock: their order is turn order (the clock is not).
+        live.sort_by_key(|r| r.ticket);
         QueueFile {
             next: self.highest_used_id().saturating_add(1),
             turns: live.iter().map(|r| r.ticket).collect(),
@@ -395,12 +393,8 @@ impl Ticket {
         let Some(held) = self.held.take() else {
             return Ok(());
         };
-        let result = if self.joined {
-            self.queue.remove(self.id, &self.path)
-        } else {
-            fs::remove_file(&self.path)
-                .map_err(|e| Failure::io("cannot remove the ticket", &e, &self.path))
-        };
+        // Under the queue lock, joined or not: the lock guards the ticket directory too.
+        let result = self.queue.remove(self.id, &self.path);
         drop(held);
         result
     }

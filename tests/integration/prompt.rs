@@ -235,7 +235,7 @@ fn a_waiter_whose_turn_timeout_expires_leaves_and_a_later_waiter_still_gets_its_
     sandbox.wait_entered("A");
     let mut b = sandbox.spawn(
         "B",
-        sandbox.gated("prompt", "s.jsonl", "B", &["--turn-timeout", "2s"]),
+        sandbox.gated("prompt", "s.jsonl", "B", &["--turn-timeout", "3s"]),
     );
     sandbox.wait_queue_len("s.jsonl", 2);
     // C queues behind B, so C's wait hangs on B's ticket when B gives up.
@@ -244,7 +244,7 @@ fn a_waiter_whose_turn_timeout_expires_leaves_and_a_later_waiter_still_gets_its_
     assert_eq!(b.wait_code(), 75, "{}", b.stderr());
     assert!(
         b.stderr()
-            .contains("timed out after 2s waiting for a prompt turn")
+            .contains("timed out after 3s waiting for a prompt turn")
     );
     let queue = sandbox.wait_queue_len("s.jsonl", 2);
     assert_eq!(queue[1].2, c.pid() as u64);
@@ -315,7 +315,12 @@ fn a_signal_while_waiting_for_a_turn_leaves_the_queue() {
 #[test]
 fn a_signal_during_the_window_reaches_the_child_and_leaves_no_trace() {
     let sandbox = Sandbox::new();
-    for (signal, mode) in [(Signal::SIGTERM, "prompt"), (Signal::SIGINT, "idle-wait")] {
+    for (signal, mode) in [
+        (Signal::SIGTERM, "prompt"),
+        (Signal::SIGINT, "prompt"),
+        (Signal::SIGTERM, "idle-wait"),
+        (Signal::SIGINT, "idle-wait"),
+    ] {
         let name = format!("{mode}-{}", signal.as_str());
         let mut w = sandbox.spawn(&name, sandbox.gated(mode, "s.jsonl", &name, &[]));
         sandbox.wait_entered(&name);
@@ -353,17 +358,19 @@ fn a_reacquire_that_times_out_exits_75_and_leaves_the_queue() {
 
 #[test]
 fn an_unreadable_fingerprint_after_the_window_fails_with_74_and_leaves_no_trace() {
-    let (sandbox, code, stderr) = window_with("prompt", &[], |s| {
-        fs::remove_file(s.path("s.jsonl")).unwrap();
-        symlink("s.jsonl", s.path("s.jsonl")).unwrap(); // a loop: stat fails with ELOOP
-    });
-    assert_eq!(code, 74, "{stderr}");
-    assert!(
-        stderr.contains("cannot read the session file's fingerprint"),
-        "{stderr}"
-    );
-    fs::remove_file(sandbox.path("s.jsonl")).unwrap();
-    sandbox.assert_no_trace("s.jsonl");
+    for mode in ["prompt", "idle-wait"] {
+        let (sandbox, code, stderr) = window_with(mode, &[], |s| {
+            fs::remove_file(s.path("s.jsonl")).unwrap();
+            symlink("s.jsonl", s.path("s.jsonl")).unwrap(); // a loop: stat fails with ELOOP
+        });
+        assert_eq!(code, 74, "{mode}: {stderr}");
+        assert!(
+            stderr.contains("cannot read the session file's fingerprint"),
+            "{stderr}"
+        );
+        fs::remove_file(sandbox.path("s.jsonl")).unwrap();
+        sandbox.assert_no_trace("s.jsonl");
+    }
 }
 
 #[test]
@@ -378,7 +385,10 @@ fn sigkill_of_the_active_turn_hands_the_turn_on_and_the_dead_entry_is_reaped() {
     // Kill the waiting B first: C's wait hangs on B's ticket, and must move on to A's.
     b.signal(Signal::SIGKILL);
     let _ = b.wait_code_or_signal();
-    assert!(!sandbox.entered("C"));
+    // Proof that C moved on and is blocked on A now: B's entry is reaped, C still waits.
+    let queue = sandbox.wait_queue_len("s.jsonl", 2);
+    assert_eq!(queue[1].2, c.pid() as u64, "{queue:?}");
+    assert!(!sandbox.entered("C"), "C's window opened during A's turn");
     a.signal(Signal::SIGKILL);
     sandbox.wait_entered("C");
     let status = sandbox.status("s.jsonl");
@@ -446,6 +456,11 @@ fn queue_damage_is_reported_by_status_and_repaired_by_the_next_prompt() {
     fs::write(sidecar.join("queue"), r#"{"next":50,"turns":[49]}"#).unwrap();
     let status = sandbox.status("s.jsonl");
     assert_eq!(status["queue"][0]["state"], "dead", "{status:#}");
+    let problems = status["problems"].to_string();
+    assert!(
+        problems.contains("ticket directory is missing"),
+        "{problems}"
+    );
     sandbox
         .cmd(["prompt", "-n", "s.jsonl", "--", "true"])
         .assert()

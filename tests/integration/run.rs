@@ -9,7 +9,7 @@ use std::os::unix::process::ExitStatusExt;
 use nix::sys::signal::Signal;
 use predicates::prelude::*;
 
-use crate::support::{Sandbox, assert_no_overlap, wait_for};
+use crate::support::{Sandbox, assert_no_overlap, process_gone, wait_for};
 
 /// The stderr of a finished command, checked to be one `sessionlock:` line.
 fn one_line(stderr: &[u8]) -> String {
@@ -254,25 +254,30 @@ fn the_child_gets_the_key_and_mode_in_its_environment() {
 
 #[test]
 fn the_child_never_inherits_a_lock_descriptor() {
+    for mode in [&["run"][..], &["prompt", "--append", "--tee"][..]] {
+        child_descriptors_are_only_the_inherited_ones(mode);
+    }
+}
+
+/// A wrapper in `mode` that waited first (the helper-thread path) starts a command that lists
+/// its descriptors; the list must match what the test harness itself passes down.
+fn child_descriptors_are_only_the_inherited_ones(mode: &[&str]) {
     let sandbox = Sandbox::new();
     let _holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
-    // B takes the lock after waiting (the helper-thread path), then lists its child's descriptors.
-    let mut waiter = sandbox.spawn(
-        "B",
-        [
-            "run",
-            "-v",
-            "s.jsonl",
-            "--",
-            "sh",
-            "-c",
-            "for f in /proc/self/fd/*; do readlink \"$f\"; done > fds; exit 0",
-        ],
-    );
+    let mut args: Vec<&str> = mode.to_vec();
+    args.extend([
+        "-v",
+        "s.jsonl",
+        "--",
+        "sh",
+        "-c",
+        "for f in /proc/self/fd/*; do readlink \"$f\"; done > fds; exit 0",
+    ]);
+    let mut waiter = sandbox.spawn("B", args);
     waiter.wait_stderr("waiting for the write lock");
     sandbox.open("A");
-    assert_eq!(waiter.wait_code(), 0);
+    assert_eq!(waiter.wait_code(), 0, "{mode:?}: {}", waiter.stderr());
     // The same listing without the wrapper: whatever the test harness itself passes down.
     let mut baseline = std::process::Command::new("sh");
     baseline.current_dir(sandbox.root()).args([
@@ -304,19 +309,41 @@ fn the_child_never_inherits_a_lock_descriptor() {
 }
 
 #[test]
-fn sigkill_of_the_holder_hands_the_lock_to_the_waiter_at_once() {
+fn sigkill_of_the_holder_hands_the_lock_on_and_takes_its_command_down() {
     let sandbox = Sandbox::new();
-    let holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
+    // A's command records its pid, then waits at its gate (exec keeps the pid).
+    let gate = sandbox.path("gate.sh").display().to_string();
+    let script = format!("echo $$ > pid.A; exec sh {gate} A");
+    let holder = sandbox.spawn("A", ["run", "s.jsonl", "--", "sh", "-c", &script]);
     sandbox.wait_entered("A");
+    let child: i32 = sandbox.read("pid.A").trim().parse().unwrap();
     let mut waiter = sandbox.spawn("B", sandbox.gated("run", "s.jsonl", "B", &[]));
     waiter.wait_stderr("waiting for the write lock");
     assert!(!sandbox.entered("B"));
     holder.signal(Signal::SIGKILL);
-    // A's child is still in its window, but it never held the lock: B gets it.
     sandbox.wait_entered("B");
-    assert!(!sandbox.path("go.A").exists());
+    // A's command worked under the lock: it must not run on after its wrapper (Linux).
+    wait_for("A's command to die with its wrapper", || {
+        process_gone(child)
+    });
+    assert!(!sandbox.log().contains(&"exit A".to_owned()));
     sandbox.open("B");
     assert_eq!(waiter.wait_code(), 0);
+}
+
+#[test]
+fn quiet_says_nothing_while_waiting_but_still_reports_the_failure() {
+    let sandbox = Sandbox::new();
+    let _holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
+    sandbox.wait_entered("A");
+    let out = sandbox
+        .cmd(["run", "-q", "-t", "1500ms", "s.jsonl", "--", "true"])
+        .assert()
+        .code(75)
+        .get_output()
+        .clone();
+    let line = one_line(&out.stderr);
+    assert!(line.contains("timed out after 1s 500ms"), "{line}");
 }
 
 #[test]

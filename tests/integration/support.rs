@@ -238,6 +238,17 @@ impl Drop for Proc {
     }
 }
 
+/// Has process `pid` ended (gone, or a zombie nobody reaped yet)?
+pub fn process_gone(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
 /// Poll `check` until it holds; fail with `what` after the deadline.
 pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
