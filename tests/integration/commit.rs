@@ -353,9 +353,12 @@ fn tee_does_not_wait_for_a_grandchild_that_keeps_stdout_open() {
 }
 
 #[test]
-fn forty_concurrent_prompts_commit_every_reply_once_in_ticket_order() {
+fn a_hundred_waiters_queued_at_once_commit_every_reply_once_in_turn_order() {
     let sandbox = Sandbox::new();
-    let mut procs: Vec<_> = (0..40)
+    // A holds the turn while a hundred prompts join behind it, all at once.
+    let mut first = sandbox.spawn("A", sandbox.gated("prompt", "s.jsonl", "A", &[]));
+    sandbox.wait_entered("A");
+    let mut procs: Vec<_> = (0..100)
         .map(|i| {
             sandbox.spawn(
                 &format!("P{i}"),
@@ -372,6 +375,14 @@ fn forty_concurrent_prompts_commit_every_reply_once_in_ticket_order() {
             )
         })
         .collect();
+    let queue = sandbox.wait_queue_len("s.jsonl", 101);
+    assert!(queue[1..].iter().all(|q| q.1 == "waiting"), "{queue:?}");
+    assert!(
+        !sandbox.path("s.jsonl").exists(),
+        "a reply landed during A's turn"
+    );
+    sandbox.open("A");
+    assert_eq!(first.wait_code(), 0);
     for p in &mut procs {
         assert_eq!(p.wait_code(), 0, "{}", p.stderr());
     }
@@ -385,11 +396,8 @@ fn forty_concurrent_prompts_commit_every_reply_once_in_ticket_order() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(tickets.len(), 40);
-    assert!(
-        tickets.windows(2).all(|w| w[0] < w[1]),
-        "not in turn order: {tickets:?}"
-    );
+    let queued: Vec<u64> = queue[1..].iter().map(|q| q.0).collect();
+    assert_eq!(tickets, queued, "replies not in queue order");
     sandbox.assert_no_trace("s.jsonl");
 }
 
