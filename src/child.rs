@@ -50,6 +50,10 @@ pub fn spawn(spec: Spec<'_>, session: &Path) -> Result<Child, Failure> {
         // async-signal-safe, and allocates nothing.
         unsafe {
             command.pre_exec(move || {
+                // Until exec the wrapper's handlers are still installed here: a signal would
+                // only write to the wrapper's self-pipe and be lost. Back to the defaults first,
+                // keeping what the caller ignored ignored.
+                signal::restore_defaults()?;
                 nix::sys::prctl::set_pdeathsig(signal)?;
                 // The wrapper died before the prctl took effect: the signal will never come.
                 if nix::unistd::getppid() != parent {
@@ -124,6 +128,10 @@ pub fn wait(child: &mut Child, signals: &Signals, max_hold: Option<MaxHold>) -> 
             }
         }
         if next.is_some_and(|at| at <= Instant::now()) {
+            // It may have exited just now: a zombie must not be reported as stopped.
+            if let Some(status) = child.try_wait()? {
+                return Ok(Ended { status, stopped });
+            }
             let (sent, then) = match stopped {
                 None => (
                     Signal::SIGTERM,

@@ -111,7 +111,12 @@ pub struct LockOpts {
     pub conflict_exit_code: u8,
 
     /// Stop the command if it runs longer than this: SIGTERM, then SIGKILL after --grace
-    #[arg(long, value_name = "DURATION", env = "SESSIONLOCK_MAX_HOLD", value_parser = parse_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "SESSIONLOCK_MAX_HOLD",
+        value_parser = parse_positive_duration
+    )]
     pub max_hold: Option<Duration>,
 
     /// With --max-hold: how long after SIGTERM to send SIGKILL
@@ -225,6 +230,14 @@ pub struct StatusArgs {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("{e} (expected a duration like 500ms, 30s or 5m)"))
+}
+
+/// A duration that is more than zero (a zero `--max-hold` would stop every command).
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
 }
 
 #[cfg(test)]

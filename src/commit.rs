@@ -348,6 +348,38 @@ fn move_tail(
     Ok(path)
 }
 
+/// The captures in `out/`, with the ticket each belongs to.
+#[must_use]
+pub fn captures(sidecar: &Sidecar) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = fs::read_dir(sidecar.path(OUT)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name();
+            let id = name.to_str()?.strip_suffix(".jsonl")?.parse().ok()?;
+            Some((id, e.path()))
+        })
+        .collect()
+}
+
+/// The capture of ticket `id`, whose wrapper died: keep it as `kept/<id>-abandoned.jsonl`, or
+/// remove it if it is empty (nothing was lost).
+pub fn adopt_abandoned(sidecar: &Sidecar, id: u64, path: &Path) {
+    let empty = fs::symlink_metadata(path).is_ok_and(|m| m.len() == 0);
+    if empty {
+        let _ = fs::remove_file(path);
+    } else if make_dir(&sidecar.path(KEPT)).is_ok() {
+        let _ = keep_unclobbered(
+            path,
+            &sidecar.path(KEPT),
+            &format!("{id}-abandoned"),
+            "jsonl",
+        );
+    }
+}
+
 /// Move `from` into `dir` as `<stem>.<ext>`, or `<stem>.2.<ext>`, ... : never over a file that
 /// is already kept (a hard link fails rather than replace).
 fn keep_unclobbered(from: &Path, dir: &Path, stem: &str, ext: &str) -> io::Result<PathBuf> {

@@ -65,7 +65,7 @@ fn run<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
         Err(failure) => Err(failure),
     };
     // Whatever the child (and the commit) did to the file, it did under the lock: it is owned.
-    publish(c, &lock, &before);
+    publish(c, &lock, &before, outcome.is_ok());
     drop(lock);
     leave(c, ticket);
     outcome
@@ -173,7 +173,7 @@ fn window<C: Coordinator>(
     if let Some(capture) = capture {
         let before = c.observe(&lock)?;
         let committed = commit_output(ctx, id, capture);
-        publish(c, &lock, &before);
+        publish(c, &lock, &before, committed.is_ok());
         committed?;
     }
     drop(lock);
@@ -194,8 +194,11 @@ fn leave<C: Coordinator>(c: &C, ticket: C::Ticket) {
 /// Record the file's change since `before` as an owned write. It has happened already (the
 /// reply is in the file), so failing to record it is a warning, not a failure to retry: the
 /// next holder then counts the change as an outside one, which only errs on the safe side.
-fn publish<C: Coordinator>(c: &C, lock: &C::WriteLock, before: &State) {
-    if let Err(failure) = c.publish_owned(lock, before) {
+/// After a failure (`succeeded` false) the one error line has been said already: no warning.
+fn publish<C: Coordinator>(c: &C, lock: &C::WriteLock, before: &State, succeeded: bool) {
+    if let Err(failure) = c.publish_owned(lock, before)
+        && succeeded
+    {
         exit::say(&format!(
             "warning: the change was made but not recorded as an owned write; windows open \
              across it will count it as a takeover: {failure}"
@@ -270,7 +273,13 @@ fn command_failed(ctx: &Ctx<'_>, capture: Option<Capture>, ran: Ran) -> u8 {
             humantime::format_duration(max.after),
             ran.code
         ),
-        _ => format!("the command exited with {}", ran.code),
+        _ => match ran
+            .signal
+            .and_then(|n| nix::sys::signal::Signal::try_from(n).ok())
+        {
+            Some(signal) => format!("the command died of {signal}"),
+            None => format!("the command exited with {}", ran.code),
+        },
     };
     let reason = if ran.stopped.is_some() {
         "max-hold"
@@ -306,6 +315,8 @@ struct Ran {
     code: u8,
     /// The signal `--max-hold` had to send.
     stopped: Option<nix::sys::signal::Signal>,
+    /// The signal the command died of, if it did.
+    signal: Option<i32>,
 }
 
 impl Ran {
@@ -355,5 +366,6 @@ fn run_child(ctx: &Ctx<'_>, ticket: u64, stdout: Option<Stdio>) -> Result<Ran, F
     Ok(Ran {
         code,
         stopped: ended.stopped,
+        signal: ended.status.signal(),
     })
 }

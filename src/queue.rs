@@ -170,6 +170,12 @@ impl Queue {
                 let _ = fs::remove_file(self.ticket_path(id));
             }
         }
+        // Captures of wrappers that died: kept if they hold output, removed if empty.
+        for (id, path) in crate::commit::captures(&self.sidecar) {
+            if !self.is_alive(id) {
+                crate::commit::adopt_abandoned(&self.sidecar, id, &path);
+            }
+        }
     }
 
     /// Put `ticket` at the end of the queue. Call it holding the write lock: turn order is lock order.

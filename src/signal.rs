@@ -162,6 +162,21 @@ impl Signals {
     }
 }
 
+/// Put the handled signals back to their default action, leaving ignored ones ignored. Only
+/// async-signal-safe calls: for a forked child between fork and exec.
+pub fn restore_defaults() -> nix::Result<()> {
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in TERMINATING.into_iter().chain([Signal::SIGCHLD]) {
+        // SAFETY: sigaction(2) is async-signal-safe; no handler of ours is installed after this.
+        let old = unsafe { sigaction(signal, &default) }?;
+        if matches!(old.handler(), SigHandler::SigIgn) {
+            // SAFETY: as above, restoring what was there.
+            unsafe { sigaction(signal, &old) }?;
+        }
+    }
+    Ok(())
+}
+
 /// A deadline `after` from now; `None` (no limit) if that is beyond what the clock can represent.
 #[must_use]
 pub fn deadline(after: Duration) -> Option<Instant> {

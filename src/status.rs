@@ -301,7 +301,8 @@ fn add_kept(report: &mut Report, sidecar: &Sidecar, queue: &Queue) {
     }
     for (name, meta, path) in list(commit::OUT) {
         let ticket: Option<u64> = name.split('.').next().and_then(|t| t.parse().ok());
-        if ticket.is_some_and(|t| !queue.is_alive(t)) {
+        // An empty one is simply removed by the next wrapper: nothing to report.
+        if meta.len() > 0 && ticket.is_some_and(|t| !queue.is_alive(t)) {
             report.kept.push(KeptView {
                 path: path.to_string_lossy().into_owned(),
                 ticket,

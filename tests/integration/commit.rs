@@ -233,8 +233,12 @@ fn a_short_write_is_rolled_back_and_the_output_kept() {
     fs::write(sandbox.path("s.jsonl"), &seed).unwrap();
     let reply = format!("{{\"reply\":\"{}\"}}", "y".repeat(587)); // 600 bytes with newline
     fs::write(sandbox.path("reply.jsonl"), format!("{reply}\n")).unwrap();
+    // The wrapper's temporary state file is blocked too (the shell execs into the wrapper, so
+    // $$ is its pid): recording the rollback fails as well, and must not add a second line.
+    sandbox.cmd(["run", "s.jsonl", "--", "true"]).assert().success();
     let script = format!(
-        "trap '' XFSZ; ulimit -f 4; exec {} run --append s.jsonl -- cat reply.jsonl",
+        "mkdir .s.jsonl.sessionlock/.state.$$.tmp; trap '' XFSZ; ulimit -f 4; \
+         exec {} run --append s.jsonl -- cat reply.jsonl",
         bin().display()
     );
     let out = std::process::Command::new("sh")
@@ -245,6 +249,7 @@ fn a_short_write_is_rolled_back_and_the_output_kept() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(74), "{stderr}");
     assert!(stderr.contains("rolled back to 2000 bytes"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line per failure: {stderr}");
     assert_eq!(
         sandbox.read("s.jsonl"),
         seed,

@@ -632,3 +632,60 @@ fn max_hold_kills_after_the_grace_a_command_that_ignores_sigterm() {
         .stderr(predicates::str::contains("stopped with SIGKILL"));
     sandbox.assert_no_trace("s.jsonl");
 }
+
+#[test]
+fn a_window_command_gets_sigterm_when_its_wrapper_is_killed() {
+    let sandbox = Sandbox::new();
+    let gate = sandbox.path("gate.sh").display().to_string();
+    let script = format!("echo $$ > pid.W; exec sh {gate} W");
+    let w = sandbox.spawn("W", ["prompt", "s.jsonl", "--", "sh", "-c", &script]);
+    sandbox.wait_entered("W");
+    let child: i32 = sandbox.read("pid.W").trim().parse().unwrap();
+    w.signal(Signal::SIGKILL);
+    wait_for("the window command to end with its wrapper", || {
+        crate::support::process_gone(child)
+    });
+    assert!(!sandbox.log().contains(&"exit W".to_owned()));
+}
+
+#[test]
+fn a_zero_max_hold_is_a_usage_error() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .cmd(["run", "--max-hold", "0s", "s.jsonl", "--", "true"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("must be more than zero"));
+}
+
+#[test]
+fn an_abandoned_capture_is_kept_by_the_next_wrapper_and_an_empty_one_removed() {
+    let sandbox = Sandbox::new();
+    let gate = sandbox.path("gate.sh").display().to_string();
+    for (name, output) in [("full", "echo '{\"partial\":1}'; "), ("empty", "")] {
+        let script = format!("{output}sh {gate} {name} >&2");
+        let w = sandbox.spawn(
+            name,
+            ["prompt", "--append", "s.jsonl", "--", "sh", "-c", &script],
+        );
+        sandbox.wait_entered(name);
+        w.signal(Signal::SIGKILL);
+        drop(w);
+        sandbox
+            .cmd(["prompt", "s.jsonl", "--", "true"])
+            .assert()
+            .success();
+    }
+    let status = sandbox.status("s.jsonl");
+    let kept = status["kept"].as_array().unwrap();
+    assert_eq!(kept.len(), 1, "{status:#}");
+    assert_eq!(kept[0]["reason"], "abandoned");
+    let path = kept[0]["path"].as_str().unwrap();
+    assert_eq!(fs::read_to_string(path).unwrap(), "{\"partial\":1}\n");
+    let out = sandbox.path(".s.jsonl.sessionlock/out");
+    assert_eq!(
+        fs::read_dir(out).unwrap().count(),
+        0,
+        "captures left in out/"
+    );
+}
