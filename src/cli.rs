@@ -7,47 +7,134 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueHint};
 
-/// Exit status and files, shown by `--help` and in the man page.
-const AFTER_LONG_HELP: &str = "\
-EXIT STATUS
-  The command's own exit status passes through; 128+N when it died of signal N.
-  The wrapper's own outcomes:
-     2  usage error (bad option, invalid duration, no command)
-    65  --append: output is not valid JSONL, or the session ends in an incomplete line
-    66  session path unusable: its directory is missing, it is a directory, it ends in /,
-        it loops through symlinks, or a name is too long
-    70  internal error
-    73  cannot create the sidecar, or its path is occupied by a file or symlink
-    74  I/O error on the session file or the sidecar (also: a symlink or FIFO planted in
-        the sidecar, a session file whose fingerprint cannot be read)
-    74  also: an --append write failed (the file is rolled back, the output kept)
-    75  write lock or prompt turn not obtained in time, or busy with --nonblock
-        (override with --conflict-exit-code)
-    76  takeover: the session file changed from outside during the prompt window
-    77  permission denied
-   126  command found but not executable
-   127  command not found
-   128+N  interrupted by signal N while waiting
-  Every failure prints exactly one line `sessionlock: <what happened> (<file>)` on stderr
-  (usage errors name no file). The wrapper writes nothing to stdout: only the command's
-  output goes there (copied by --tee), and status prints its report there.
+/// The exit codes, for `--help` and the man page's EXIT STATUS.
+pub const EXIT_CODES: &[(&str, &str)] = &[
+    ("N", "the command's own exit status passes through"),
+    (
+        "128+N",
+        "the command died of signal N, or the wrapper was interrupted by signal N while \
+         waiting for the lock or a turn",
+    ),
+    (
+        "2",
+        "usage error: a bad option, an invalid duration, no command",
+    ),
+    (
+        "65",
+        "--append: the output is not valid JSONL, or the session file ends in an incomplete \
+         line; nothing appended, output kept",
+    ),
+    (
+        "66",
+        "the session path cannot be used: its directory is missing, it is a directory, it ends \
+         in /, it loops through symlinks, or a name is too long",
+    ),
+    ("70", "internal error (a bug)"),
+    (
+        "73",
+        "the sidecar cannot be created, or its path is occupied by a file or a symlink",
+    ),
+    (
+        "74",
+        "I/O error on the session file or the sidecar: a symlink or FIFO planted in the \
+         sidecar, an unreadable fingerprint, an --append write that failed (rolled back, \
+         output kept)",
+    ),
+    (
+        "75",
+        "the write lock or the prompt turn was not obtained in time, or --nonblock found it \
+         busy (see --conflict-exit-code)",
+    ),
+    (
+        "76",
+        "takeover: the session file changed from outside during the window; nothing committed",
+    ),
+    ("77", "permission denied"),
+    ("126", "the command was found but cannot be executed"),
+    ("127", "the command was not found"),
+];
 
-FILES
-  <dir>/.<name>.sessionlock/             the sidecar of <dir>/<name>, created on first use
-  <dir>/.<name>.sessionlock/lock         the write lock's target (flock); never renamed or deleted
-  <dir>/.<name>.sessionlock/holder       who holds the write lock (pid, mode, ticket, since, command)
-  <dir>/.<name>.sessionlock/queue        the prompt turns in order (JSON)
-  <dir>/.<name>.sessionlock/queue.lock   guards queue and tickets/ (held for microseconds)
-  <dir>/.<name>.sessionlock/tickets/N    one per running wrapper, flocked by it: its proof of life
-  <dir>/.<name>.sessionlock/state        the fence state: generation, last outside change, fingerprint
-  <dir>/.<name>.sessionlock/out/T.jsonl  --append: the output of ticket T being captured
-  <dir>/.<name>.sessionlock/kept/        output not committed (T-REASON.jsonl) and tails moved by --repair
+/// What the wrapper says where, after the exit codes.
+pub const OUTPUT_RULES: &str = "Every failure prints exactly one line `sessionlock: <what \
+happened> (<file>)` on stderr (usage errors name no file). The wrapper writes nothing to stdout: \
+only the command's output goes there (copied by --tee), and status prints its report there.";
 
-ENVIRONMENT
-  The command gets SESSIONLOCK_SESSION (the canonical session path), SESSIONLOCK_MODE and,
-  in prompt mode, SESSIONLOCK_TICKET.
-  SESSIONLOCK_TIMEOUT and SESSIONLOCK_TURN_TIMEOUT set the defaults of --timeout and
-  --turn-timeout.";
+/// The sidecar's files, for `--help` and the man page's FILES (S is the sidecar).
+pub const FILES: &[(&str, &str)] = &[
+    (
+        "S",
+        "<dir>/.<name>.sessionlock/, the sidecar of the session file <dir>/<name>, created on \
+         first use",
+    ),
+    (
+        "S/lock",
+        "the write lock's target (flock); never renamed or deleted",
+    ),
+    (
+        "S/holder",
+        "who holds the write lock: pid, mode, ticket, since, command",
+    ),
+    ("S/queue", "the prompt turns in order (JSON)"),
+    (
+        "S/queue.lock",
+        "guards queue and tickets/; held for microseconds",
+    ),
+    (
+        "S/tickets/N",
+        "one per running wrapper, flocked by it: its proof of life",
+    ),
+    (
+        "S/state",
+        "the fence state: generation, last outside change, fingerprint",
+    ),
+    (
+        "S/out/T.jsonl",
+        "--append: the output of ticket T while it is captured",
+    ),
+    (
+        "S/kept/",
+        "output not committed (T-REASON.jsonl) and tails moved by --repair",
+    ),
+];
+
+/// The environment, for `--help` and the man page's ENVIRONMENT.
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    ("SESSIONLOCK_TIMEOUT", "the default of --timeout"),
+    ("SESSIONLOCK_TURN_TIMEOUT", "the default of --turn-timeout"),
+    ("SESSIONLOCK_MAX_HOLD", "the default of --max-hold"),
+    (
+        "SESSIONLOCK_SESSION",
+        "given to the command: the canonical session path",
+    ),
+    (
+        "SESSIONLOCK_MODE",
+        "given to the command: run, prompt or idle-wait",
+    ),
+    (
+        "SESSIONLOCK_TICKET",
+        "given to the command in prompt mode: its ticket number",
+    ),
+];
+
+/// The text after `--help`: the three tables.
+#[must_use]
+pub fn after_long_help() -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut table = |title: &str, rows: &[(&str, &str)]| {
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let _ = writeln!(out, "{title}");
+        for (key, text) in rows {
+            let _ = writeln!(out, "  {key:<width$}  {text}");
+        }
+        out.push('\n');
+    };
+    table("EXIT STATUS", EXIT_CODES);
+    table("FILES (S is the sidecar)", FILES);
+    table("ENVIRONMENT", ENVIRONMENT);
+    out.push_str(OUTPUT_RULES);
+    out
+}
 
 /// Serialize everything that touches one JSONL session file, across processes.
 ///
@@ -59,7 +146,7 @@ ENVIRONMENT
 #[command(
     name = "sessionlock",
     version,
-    after_long_help = AFTER_LONG_HELP,
+    after_long_help = after_long_help(),
     propagate_version = true,
     disable_help_subcommand = true,
     arg_required_else_help = true

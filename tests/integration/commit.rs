@@ -235,7 +235,10 @@ fn a_short_write_is_rolled_back_and_the_output_kept() {
     fs::write(sandbox.path("reply.jsonl"), format!("{reply}\n")).unwrap();
     // The wrapper's temporary state file is blocked too (the shell execs into the wrapper, so
     // $$ is its pid): recording the rollback fails as well, and must not add a second line.
-    sandbox.cmd(["run", "s.jsonl", "--", "true"]).assert().success();
+    sandbox
+        .cmd(["run", "s.jsonl", "--", "true"])
+        .assert()
+        .success();
     let script = format!(
         "mkdir .s.jsonl.sessionlock/.state.$$.tmp; trap '' XFSZ; ulimit -f 4; \
          exec {} run --append s.jsonl -- cat reply.jsonl",
