@@ -33,7 +33,7 @@ complete -c sessionlock -n "__fish_sessionlock_needs_command" -f -a "status" -d 
 complete -c sessionlock -n "__fish_sessionlock_needs_command" -f -a "generate-docs" -d 'Write the shell completions and man pages into a directory (for packagers and the docs check)'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s t -l timeout -d 'Give up on the write lock after this long (e.g. 500ms, 30s, 5m)' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit status when the lock (or turn) is busy or not obtained in time' -r
-complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l max-hold -d 'Stop the command if it runs longer than this: SIGTERM, then SIGKILL after --grace' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l max-hold -d 'Stop the command (and its descendants) if it runs longer than this: SIGTERM, then SIGKILL after --grace' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l grace -d 'With --max-hold: how long after SIGTERM to send SIGKILL' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s n -l nonblock -d 'Give up at once if the write lock is busy'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s q -l quiet -d 'Say nothing while waiting (errors are still reported)'
@@ -45,7 +45,7 @@ complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s h -l hel
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s V -l version -d 'Print version'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s t -l timeout -d 'Give up on the write lock after this long (e.g. 500ms, 30s, 5m)' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s E -l conflict-exit-code -d 'Exit status when the lock (or turn) is busy or not obtained in time' -r
-complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l max-hold -d 'Stop the command if it runs longer than this: SIGTERM, then SIGKILL after --grace' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l max-hold -d 'Stop the command (and its descendants) if it runs longer than this: SIGTERM, then SIGKILL after --grace' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l grace -d 'With --max-hold: how long after SIGTERM to send SIGKILL' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l turn-timeout -d 'Give up waiting for the prompt turn after this long' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s n -l nonblock -d 'Give up at once if the write lock is busy'
@@ -59,7 +59,7 @@ complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s h -l 
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s V -l version -d 'Print version'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s t -l timeout -d 'Give up on the write lock after this long (e.g. 500ms, 30s, 5m)' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s E -l conflict-exit-code -d 'Exit status when the lock (or turn) is busy or not obtained in time' -r
-complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l max-hold -d 'Stop the command if it runs longer than this: SIGTERM, then SIGKILL after --grace' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l max-hold -d 'Stop the command (and its descendants) if it runs longer than this: SIGTERM, then SIGKILL after --grace' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l grace -d 'With --max-hold: how long after SIGTERM to send SIGKILL' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s n -l nonblock -d 'Give up at once if the write lock is busy'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s q -l quiet -d 'Say nothing while waiting (errors are still reported)'

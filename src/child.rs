@@ -116,6 +116,7 @@ pub fn wait(child: &mut Child, signals: &Signals, max_hold: Option<MaxHold>) -> 
     let pid = Pid::from_raw(child.id() as i32);
     let mut next = max_hold.and_then(|m| signal::deadline(m.after));
     let mut stopped = None;
+    let mut tree: Vec<(Pid, u64)> = Vec::new();
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(Ended { status, stopped });
@@ -139,11 +140,77 @@ pub fn wait(child: &mut Child, signals: &Signals, max_hold: Option<MaxHold>) -> 
                 ),
                 Some(_) => (Signal::SIGKILL, None),
             };
-            let _ = kill(pid, sent);
+            // The whole tree: a shell's pipeline must not write on after the lock is gone.
+            // Those told to stop at SIGTERM get the SIGKILL too, even if orphaned meanwhile.
+            tree.extend(descendants(pid));
+            for &(member, started) in &tree {
+                if same_process(member, started) {
+                    let _ = kill(member, sent);
+                }
+            }
             stopped = Some(sent);
             next = then;
         }
     }
+}
+
+/// `root` and every process below it, each with its start time (to tell a reused pid apart).
+/// Linux reads `/proc`; elsewhere only `root` itself is known.
+fn descendants(root: Pid) -> Vec<(Pid, u64)> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let all: Vec<(i32, i32, u64)> = std::fs::read_dir("/proc")
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                    .filter_map(|pid| {
+                        let (ppid, started) = stat(pid)?;
+                        Some((pid, ppid, started))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut found = vec![(root, stat(root.as_raw()).map_or(0, |(_, s)| s))];
+        let mut next = 0;
+        while next < found.len() {
+            let parent = found[next].0.as_raw();
+            next += 1;
+            for &(pid, ppid, started) in &all {
+                if ppid == parent && !found.iter().any(|(p, _)| p.as_raw() == pid) {
+                    found.push((Pid::from_raw(pid), started));
+                }
+            }
+        }
+        found
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        vec![(root, 0)]
+    }
+}
+
+/// Is `pid` still the process that started at `started`? (Always yes where it cannot be told.)
+fn same_process(pid: Pid, started: u64) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        stat(pid.as_raw()).is_some_and(|(_, now)| now == started)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (pid, started);
+        true
+    }
+}
+
+/// The parent pid and start time (in clock ticks since boot) from `/proc/<pid>/stat`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn stat(pid: i32) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold anything: read from after the last ')'.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the name: state, ppid (field 4), ..., starttime (field 22).
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
 }
 
 /// The exit code the wrapper returns for the child's status: its code, or `128 + N` for signal `N`.

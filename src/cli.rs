@@ -197,7 +197,8 @@ pub struct LockOpts {
     #[arg(short = 'E', long, value_name = "N", default_value_t = crate::exit::BUSY)]
     pub conflict_exit_code: u8,
 
-    /// Stop the command if it runs longer than this: SIGTERM, then SIGKILL after --grace
+    /// Stop the command (and its descendants) if it runs longer than this: SIGTERM, then SIGKILL
+    /// after --grace
     #[arg(
         long,
         value_name = "DURATION",

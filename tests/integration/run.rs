@@ -640,3 +640,29 @@ fn a_usage_error_names_what_is_missing_on_one_line() {
     let line = one_line(&out.stderr);
     assert!(line.contains("<SESSION>"), "{line}");
 }
+
+#[test]
+fn max_hold_stops_the_commands_whole_process_tree() {
+    let sandbox = Sandbox::new();
+    let mut wrapper = sandbox.spawn(
+        "W",
+        [
+            "run",
+            "--max-hold",
+            "300ms",
+            "s.jsonl",
+            "--",
+            "sh",
+            "-c",
+            "sleep 100 & echo $! > bg.pid; sh -c 'echo $$ > nested.pid; sleep 100'",
+        ],
+    );
+    wait_for("both helpers to start", || {
+        !sandbox.read("bg.pid").is_empty() && !sandbox.read("nested.pid").is_empty()
+    });
+    assert_eq!(wrapper.wait_code(), 143, "{}", wrapper.stderr());
+    for file in ["bg.pid", "nested.pid"] {
+        let pid: i32 = sandbox.read(file).trim().parse().unwrap();
+        wait_for(&format!("{file} to be stopped"), || process_gone(pid));
+    }
+}
