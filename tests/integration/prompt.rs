@@ -425,47 +425,36 @@ fn queue_damage_is_reported_by_status_and_repaired_by_the_next_prompt() {
         .assert()
         .success();
     let sidecar = sandbox.path(".s.jsonl.sessionlock");
-    // A stale ticket left by a dead process, queued; and a garbage queue file.
+    // `status` names the damage; the next prompt repairs it, proceeds and leaves no trace.
+    let reported_then_repaired = |expected: &str| {
+        let status = sandbox.status("s.jsonl");
+        let problems = status["problems"].to_string();
+        assert!(problems.contains(expected), "{status:#}");
+        sandbox
+            .cmd(["prompt", "-n", "s.jsonl", "--", "true"])
+            .assert()
+            .success();
+        sandbox.assert_no_trace("s.jsonl");
+        status
+    };
+
+    // A stale ticket left by a dead process, queued.
     let stale = r#"{"ticket":40,"pid":999999,"mode":"prompt","joined_ms":1,"command":"dead"}"#;
     fs::write(sidecar.join("tickets/40"), stale).unwrap();
     fs::write(sidecar.join("queue"), r#"{"next":41,"turns":[40]}"#).unwrap();
-    let status = sandbox.status("s.jsonl");
+    let status = reported_then_repaired("turn 40 is dead");
     assert_eq!(status["queue"][0]["state"], "dead", "{status:#}");
-    let problems = status["problems"].to_string();
-    assert!(problems.contains("turn 40 is dead"), "{problems}");
-    sandbox
-        .cmd(["prompt", "-n", "s.jsonl", "--", "true"])
-        .assert()
-        .success();
-    sandbox.assert_no_trace("s.jsonl");
     assert!(!sidecar.join("tickets/40").exists());
 
+    // A garbage queue file.
     fs::write(sidecar.join("queue"), "\u{0}garbage{{{").unwrap();
-    let problems = sandbox.status("s.jsonl")["problems"].to_string();
-    assert!(
-        problems.contains("queue file is missing or unreadable"),
-        "{problems}"
-    );
-    sandbox
-        .cmd(["prompt", "-n", "s.jsonl", "--", "true"])
-        .assert()
-        .success();
-    sandbox.assert_no_trace("s.jsonl");
+    reported_then_repaired("queue file is missing or unreadable");
 
+    // A missing ticket directory under a queued turn.
     fs::remove_dir_all(sidecar.join("tickets")).unwrap();
     fs::write(sidecar.join("queue"), r#"{"next":50,"turns":[49]}"#).unwrap();
-    let status = sandbox.status("s.jsonl");
+    let status = reported_then_repaired("ticket directory is missing");
     assert_eq!(status["queue"][0]["state"], "dead", "{status:#}");
-    let problems = status["problems"].to_string();
-    assert!(
-        problems.contains("ticket directory is missing"),
-        "{problems}"
-    );
-    sandbox
-        .cmd(["prompt", "-n", "s.jsonl", "--", "true"])
-        .assert()
-        .success();
-    sandbox.assert_no_trace("s.jsonl");
 }
 
 #[test]
