@@ -566,15 +566,11 @@ fn a_symlinked_directory_planted_in_the_sidecar_is_refused() {
 #[test]
 fn max_hold_stops_a_command_that_runs_too_long_and_hands_the_turn_on() {
     let sandbox = Sandbox::new();
-    // A's window never opens its gate: only --max-hold ends it.
+    // A's window never opens its gate: only --max-hold ends it. Its deadline runs from A's
+    // start: 2s leaves B ample time to join first, even on a loaded machine.
     let mut a = sandbox.spawn(
         "A",
-        sandbox.gated(
-            "prompt",
-            "s.jsonl",
-            "A",
-            &["--max-hold", "300ms", "--append"],
-        ),
+        sandbox.gated("prompt", "s.jsonl", "A", &["--max-hold", "2s", "--append"]),
     );
     sandbox.wait_entered("A");
     let mut b = sandbox.spawn("B", sandbox.gated("prompt", "s.jsonl", "B", &[]));
@@ -587,7 +583,7 @@ fn max_hold_stops_a_command_that_runs_too_long_and_hands_the_turn_on() {
         .map(str::to_owned)
         .unwrap_or_default();
     assert!(
-        line.contains("ran longer than --max-hold 300ms and was stopped with SIGTERM"),
+        line.contains("ran longer than --max-hold 2s and was stopped with SIGTERM"),
         "{line}"
     );
     sandbox.wait_entered("B");
@@ -607,7 +603,7 @@ fn max_hold_kills_after_the_grace_a_command_that_ignores_sigterm() {
         .cmd([
             "run",
             "--max-hold",
-            "100ms",
+            "1s",
             "--grace",
             "200ms",
             "s.jsonl",

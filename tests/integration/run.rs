@@ -644,12 +644,13 @@ fn a_usage_error_names_what_is_missing_on_one_line() {
 #[test]
 fn max_hold_stops_the_commands_whole_process_tree() {
     let sandbox = Sandbox::new();
+    // 2s: the helpers must be running before the deadline, even on a loaded machine.
     let mut wrapper = sandbox.spawn(
         "W",
         [
             "run",
             "--max-hold",
-            "300ms",
+            "2s",
             "s.jsonl",
             "--",
             "sh",
