@@ -103,19 +103,11 @@ impl Capture {
         }
         self.resolved = true;
         let _ = self.finish();
-        let empty = fs::metadata(&self.path).map_or(true, |m| m.len() == 0);
-        if empty || make_dir(&self.kept_dir).is_err() {
-            if empty {
-                let _ = fs::remove_file(&self.path);
-                return None;
-            }
-            return Some(self.path.clone());
-        }
-        let stem = format!("{}-{reason}", self.ticket);
-        match keep_unclobbered(&self.path, &self.kept_dir, &stem, "jsonl") {
-            Ok(kept) => Some(kept),
-            Err(_) => Some(self.path.clone()),
-        }
+        keep_file(
+            &self.path,
+            &self.kept_dir,
+            &format!("{}-{reason}", self.ticket),
+        )
     }
 }
 
@@ -367,17 +359,21 @@ pub fn captures(sidecar: &Sidecar) -> Vec<(u64, PathBuf)> {
 /// The capture of ticket `id`, whose wrapper died: keep it as `kept/<id>-abandoned.jsonl`, or
 /// remove it if it is empty (nothing was lost).
 pub fn adopt_abandoned(sidecar: &Sidecar, id: u64, path: &Path) {
-    let empty = fs::symlink_metadata(path).is_ok_and(|m| m.len() == 0);
-    if empty {
+    let _ = keep_file(path, &sidecar.path(KEPT), &format!("{id}-abandoned"));
+}
+
+/// Keep output file `path` as `<kept_dir>/<stem>.jsonl` (never over another), or remove it if
+/// it is empty: `None` then, nothing was lost. If it cannot be moved, it stays where it is and
+/// that path is returned.
+fn keep_file(path: &Path, kept_dir: &Path, stem: &str) -> Option<PathBuf> {
+    if fs::symlink_metadata(path).map_or(true, |m| m.len() == 0) {
         let _ = fs::remove_file(path);
-    } else if make_dir(&sidecar.path(KEPT)).is_ok() {
-        let _ = keep_unclobbered(
-            path,
-            &sidecar.path(KEPT),
-            &format!("{id}-abandoned"),
-            "jsonl",
-        );
+        return None;
     }
+    let kept = make_dir(kept_dir)
+        .ok()
+        .and_then(|()| keep_unclobbered(path, kept_dir, stem, "jsonl").ok());
+    Some(kept.unwrap_or_else(|| path.to_owned()))
 }
 
 /// Move `from` into `dir` as `<stem>.<ext>`, or `<stem>.2.<ext>`, ... : never over a file that
