@@ -299,13 +299,15 @@ fn add_kept(report: &mut Report, sidecar: &Sidecar, queue: &Queue) {
             modified_ms: modified(&meta),
         });
     }
-    for (name, meta, path) in list(commit::OUT) {
-        let ticket: Option<u64> = name.split('.').next().and_then(|t| t.parse().ok());
+    for (ticket, path) in commit::captures(sidecar) {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
         // An empty one is simply removed by the next wrapper: nothing to report.
-        if meta.len() > 0 && ticket.is_some_and(|t| !queue.is_alive(t)) {
+        if meta.is_file() && meta.len() > 0 && !queue.is_alive(ticket) {
             report.kept.push(KeptView {
                 path: path.to_string_lossy().into_owned(),
-                ticket,
+                ticket: Some(ticket),
                 reason: "abandoned".into(),
                 size: meta.len(),
                 modified_ms: modified(&meta),
