@@ -133,11 +133,8 @@ impl Queue {
         let dir = self.tickets_dir();
         sidecar::ensure_dir(&dir)
             .map_err(|e| Failure::io("cannot create the ticket directory", &e, &dir))?;
-        self.sweep_orphans(&queue);
-        let id = queue
-            .next
-            .max(self.highest_ticket().saturating_add(1))
-            .max(1);
+        let highest = self.sweep_orphans(&queue);
+        let id = queue.next.max(highest.saturating_add(1)).max(1);
         let path = self.ticket_path(id);
         let record = Record {
             ticket: id,
@@ -163,11 +160,15 @@ impl Queue {
 
     /// Delete dead tickets that are not in the queue (a `run` or `idle-wait` killed by SIGKILL, or a
     /// prompt killed before it joined). Under the queue lock, where tickets are created: any
-    /// unlocked ticket seen here is dead.
-    fn sweep_orphans(&self, queue: &QueueFile) {
+    /// unlocked ticket seen here is dead. Returns the highest ticket id still there, so that
+    /// `issue` does not list the directory again.
+    fn sweep_orphans(&self, queue: &QueueFile) -> u64 {
+        let mut highest = 0;
         for id in self.ticket_ids() {
             if !queue.turns.contains(&id) && !self.is_alive(id) {
                 let _ = fs::remove_file(self.ticket_path(id));
+            } else {
+                highest = id;
             }
         }
         // Captures of wrappers that died: kept if they hold output, removed if empty.
@@ -176,6 +177,7 @@ impl Queue {
                 crate::commit::adopt_abandoned(&self.sidecar, id, &path);
             }
         }
+        highest
     }
 
     /// Put `ticket` at the end of the queue. Call it holding the write lock: turn order is lock order.
