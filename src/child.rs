@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::exit::{self, Failure};
+use crate::exit::{self, Failure, Kind};
 use crate::signal::{self, Signals};
 
 /// What the child is started with.
@@ -46,20 +46,33 @@ pub fn spawn(spec: Spec<'_>, session: &Path) -> Result<Child, Failure> {
         use std::os::unix::process::CommandExt;
         let signal = spec.parent_death;
         let parent = nix::unistd::getpid();
-        // SAFETY: between fork and exec this calls only prctl(2) and getppid(2), which are
-        // async-signal-safe, and allocates nothing.
+        let test_orphan = crate::fault::hook("orphan-at-spawn");
+        // SAFETY: between fork and exec this calls only sigaction(2), prctl(2), getppid(2),
+        // kill(2) and _exit(2), which are async-signal-safe, and allocates nothing: every
+        // failure ends the child with _exit, never with an `io::Error` (which would allocate,
+        // and which std would report to a parent that may be gone, printing an unprefixed
+        // "fatal runtime error" line).
         unsafe {
             command.pre_exec(move || {
                 // Until exec the wrapper's handlers are still installed here: a signal would
                 // only write to the wrapper's self-pipe and be lost. Back to the defaults first,
                 // keeping what the caller ignored ignored.
-                signal::restore_defaults()?;
-                nix::sys::prctl::set_pdeathsig(signal)?;
-                // The wrapper died before the prctl took effect: the signal will never come.
+                if signal::restore_defaults().is_err()
+                    || nix::sys::prctl::set_pdeathsig(signal).is_err()
+                {
+                    nix::libc::_exit(exit::Kind::CannotExecute.code().into());
+                }
+                if test_orphan {
+                    // Tests: the wrapper dies right here, as a SIGKILL at this instant would.
+                    let _ = nix::sys::signal::kill(parent, nix::sys::signal::Signal::SIGKILL);
+                    while nix::unistd::getppid() == parent {
+                        std::hint::spin_loop();
+                    }
+                }
+                // The wrapper died before the prctl took effect: the signal will never come,
+                // and nobody waits for this command. End quietly.
                 if nix::unistd::getppid() != parent {
-                    return Err(io::Error::other(
-                        "the wrapper died while starting the command",
-                    ));
+                    nix::libc::_exit(exit::signalled(signal as i32).into());
                 }
                 Ok(())
             });
@@ -78,17 +91,17 @@ fn spawn_failure(program: &OsStr, err: &io::Error, session: &Path) -> Failure {
     match err.kind() {
         // The program is there, so what is missing is the interpreter its #! line names.
         io::ErrorKind::NotFound if is_path && Path::new(program).exists() => Failure::new(
-            exit::CANNOT_EXECUTE,
+            Kind::CannotExecute,
             format!("cannot execute {name}: the interpreter on its #! line was not found"),
             session,
         ),
         io::ErrorKind::NotFound => Failure::new(
-            exit::NOT_FOUND,
+            Kind::NotFound,
             format!("command not found: {name}"),
             session,
         ),
         _ => Failure::new(
-            exit::CANNOT_EXECUTE,
+            Kind::CannotExecute,
             format!("cannot execute {name}: {}", exit::describe(err)),
             session,
         ),
@@ -219,7 +232,7 @@ pub fn exit_code(status: ExitStatus) -> u8 {
     match (status.code(), status.signal()) {
         (Some(code), _) => code as u8,
         (None, Some(signal)) => exit::signalled(signal),
-        (None, None) => exit::SOFTWARE,
+        (None, None) => Kind::Software.code(),
     }
 }
 

@@ -7,53 +7,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueHint};
 
-/// The exit codes, for `--help` and the man page's EXIT STATUS.
-pub const EXIT_CODES: &[(&str, &str)] = &[
-    ("N", "the command's own exit status passes through"),
-    (
-        "128+N",
-        "the command died of signal N, or the wrapper was interrupted by signal N while \
-         waiting for the lock or a turn",
-    ),
-    (
-        "2",
-        "usage error: a bad option, an invalid duration, no command",
-    ),
-    (
-        "65",
-        "--append: the output is not valid JSONL, or the session file ends in an incomplete \
-         line; nothing appended, output kept",
-    ),
-    (
-        "66",
-        "the session path cannot be used: its directory is missing, it is a directory, it ends \
-         in /, it loops through symlinks, or a name is too long",
-    ),
-    ("70", "internal error (a bug)"),
-    (
-        "73",
-        "the sidecar cannot be created, or its path is occupied by a file or a symlink",
-    ),
-    (
-        "74",
-        "I/O error on the session file or the sidecar: a symlink or FIFO planted in the \
-         sidecar, an unreadable fingerprint, an --append write that failed (rolled back, \
-         output kept)",
-    ),
-    (
-        "75",
-        "the write lock or the prompt turn was not obtained in time, or --nonblock found it \
-         busy (see --conflict-exit-code)",
-    ),
-    (
-        "76",
-        "takeover: the session file changed from outside during the window; nothing committed",
-    ),
-    ("77", "permission denied"),
-    ("126", "the command was found but cannot be executed"),
-    ("127", "the command was not found"),
-];
-
 /// What the wrapper says where, after the exit codes.
 pub const OUTPUT_RULES: &str = "Every failure prints exactly one line `sessionlock: <what \
 happened> (<file>)` on stderr (usage errors name no file). The wrapper writes nothing to stdout: \
@@ -64,36 +17,22 @@ pub const FILES: &[(&str, &str)] = &[
     (
         "S",
         "<dir>/.<name>.sessionlock/, the sidecar of the session file <dir>/<name>, created on \
-         first use",
+         first use with modes that follow the session file's; refused if someone other than \
+         you or the session file's owner owns it",
     ),
     (
         "S/lock",
-        "the write lock's target (flock); never renamed or deleted",
+        "the one lock file: byte-range locks for the write lock, each wrapper's slot and each \
+         prompt turn (freed by the kernel when their owner dies), the state record and the slot \
+         table written in place; never renamed or deleted while in use",
     ),
     (
-        "S/holder",
-        "who holds the write lock: pid, mode, ticket, since, command",
-    ),
-    ("S/queue", "the prompt turns in order (JSON)"),
-    (
-        "S/queue.lock",
-        "guards queue and tickets/; held for microseconds",
-    ),
-    (
-        "S/tickets/N",
-        "one per running wrapper, flocked by it: its proof of life",
-    ),
-    (
-        "S/state",
-        "the fence state: generation, last outside change, fingerprint",
-    ),
-    (
-        "S/out/T.jsonl",
-        "--append: the output of ticket T while it is captured",
+        "S/out/ID.jsonl",
+        "--append: a command's output while it is captured",
     ),
     (
         "S/kept/",
-        "output not committed (T-REASON.jsonl) and tails moved by --repair",
+        "output not committed (LABEL-REASON.jsonl) and tails moved by --repair",
     ),
 ];
 
@@ -112,7 +51,8 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     (
         "SESSIONLOCK_TICKET",
-        "given to the command in prompt mode: its ticket number",
+        "given to the command in prompt mode: its turn as EPOCH.TICKET, unique while the lock \
+         file lives, and ordered like the turns",
     ),
 ];
 
@@ -129,7 +69,11 @@ pub fn after_long_help() -> String {
         }
         out.push('\n');
     };
-    table("EXIT STATUS", EXIT_CODES);
+    let codes: Vec<(&str, &str)> = crate::exit::TABLE
+        .iter()
+        .map(|r| (r.code, r.meaning))
+        .collect();
+    table("EXIT STATUS", &codes);
     table("FILES (S is the sidecar)", FILES);
     table("ENVIRONMENT", ENVIRONMENT);
     out.push_str(OUTPUT_RULES);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::child::MaxHold;
 use crate::cli::{CommitOpts, FenceOpts, LockOpts, Target};
-use crate::exit::{self, Failure};
+use crate::exit::{Failure, Kind};
 use crate::key::{self, Key};
 
 /// The lifecycle a wrapped command runs in.
@@ -80,7 +80,7 @@ impl Config {
     ) -> Result<Self, Failure> {
         if target.command.first().is_none_or(|p| p.is_empty()) {
             return Err(Failure::new(
-                exit::USAGE,
+                Kind::Usage,
                 format!(
                     "no command to run: usage is `sessionlock {} <SESSION> -- <COMMAND> [ARGS...]`",
                     mode.name()

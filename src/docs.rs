@@ -54,12 +54,11 @@ fn top_page() -> std::io::Result<Vec<u8>> {
     page.render_description_section(&mut out)?;
     page.render_options_section(&mut out)?;
     page.render_subcommands_section(&mut out)?;
-    section(
-        &mut out,
-        "EXIT STATUS",
-        cli::EXIT_CODES,
-        Some(cli::OUTPUT_RULES),
-    );
+    let codes: Vec<(&str, &str)> = crate::exit::TABLE
+        .iter()
+        .map(|r| (r.code, r.meaning))
+        .collect();
+    section(&mut out, "EXIT STATUS", &codes, Some(cli::OUTPUT_RULES));
     section(
         &mut out,
         "FILES",

@@ -11,28 +11,132 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::{SigHandler, Signal, raise, signal};
 
+/// What went wrong, as far as a caller can branch on it: the exit code comes from the kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A bad option, an invalid duration, no command.
+    Usage,
+    /// `--append`: the output is not valid JSONL, or the session file ends in an incomplete line.
+    Data,
+    /// The session path cannot be used.
+    NoInput,
+    /// An internal error (a bug).
+    Software,
+    /// The sidecar cannot be created, or is not ours to use.
+    CantCreate,
+    /// An I/O error on the session file or the sidecar.
+    Io,
+    /// The write lock or the prompt turn was not obtained in time (`-E` overrides the code).
+    Busy,
+    /// The session file changed from outside during the window.
+    Takeover,
+    /// Permission denied.
+    NoPerm,
+    /// The command cannot be executed.
+    CannotExecute,
+    /// The command was not found.
+    NotFound,
+    /// A terminating signal ended a wait.
+    Interrupted(Signal),
+}
+
+/// One row of the exit-status table: the code as documented, and what it means.
+pub struct Row {
+    pub code: &'static str,
+    pub meaning: &'static str,
+}
+
+/// The exit-status table: `--help`, the man page and the README render it; nothing copies it.
+pub const TABLE: &[Row] = &[
+    Row {
+        code: "N",
+        meaning: "the command's own exit status passes through",
+    },
+    Row {
+        code: "128+N",
+        meaning: "the command died of signal N, or the wrapper was interrupted by signal N \
+                  while waiting for the lock or a turn",
+    },
+    Row {
+        code: "2",
+        meaning: "usage error: a bad option, an invalid duration, no command",
+    },
+    Row {
+        code: "65",
+        meaning: "--append: the output is not valid JSONL, or the session file ends in an \
+                  incomplete line that sessionlock did not write; nothing appended, output kept",
+    },
+    Row {
+        code: "66",
+        meaning: "the session path cannot be used: its directory is missing, it is a directory \
+                  or another non-regular file (a FIFO, a device), it ends in /, it loops \
+                  through symlinks, or a name is too long",
+    },
+    Row {
+        code: "70",
+        meaning: "internal error (a bug)",
+    },
+    Row {
+        code: "73",
+        meaning: "the sidecar cannot be created, its path is occupied by a file or a symlink, or \
+                  it (or a file in it) is owned by someone other than you or the session \
+                  file's owner",
+    },
+    Row {
+        code: "74",
+        meaning: "I/O error on the session file or the sidecar: a symlink or FIFO planted in the \
+                  sidecar, an unreadable fingerprint or lock state, an --append write that \
+                  failed (rolled back, output kept)",
+    },
+    Row {
+        code: "75",
+        meaning: "the write lock or the prompt turn was not obtained in time, or --nonblock \
+                  found it busy (see --conflict-exit-code)",
+    },
+    Row {
+        code: "76",
+        meaning: "takeover: the session file changed from outside during the window; nothing \
+                  committed",
+    },
+    Row {
+        code: "77",
+        meaning: "permission denied",
+    },
+    Row {
+        code: "126",
+        meaning: "the command was found but cannot be executed",
+    },
+    Row {
+        code: "127",
+        meaning: "the command was not found",
+    },
+];
+
+impl Kind {
+    /// The exit code of this kind (for `Busy`, unless `-E` says otherwise).
+    #[must_use]
+    pub fn code(self) -> u8 {
+        match self {
+            Kind::Usage => 2,
+            Kind::Data => 65,
+            Kind::NoInput => 66,
+            Kind::Software => 70,
+            Kind::CantCreate => 73,
+            Kind::Io => 74,
+            Kind::Busy => 75,
+            Kind::Takeover => 76,
+            Kind::NoPerm => 77,
+            Kind::CannotExecute => 126,
+            Kind::NotFound => 127,
+            Kind::Interrupted(signal) => signalled(signal as i32),
+        }
+    }
+}
+
 /// Command-line usage error (clap's code, kept for flock(1)-like scripts).
 pub const USAGE: u8 = 2;
-/// `--append`: the child's output is not valid JSONL, or the session ends in an incomplete line.
-pub const DATA: u8 = 65;
-/// The session path cannot be used: its directory is missing, or it is a directory.
-pub const NO_INPUT: u8 = 66;
-/// An internal error (a bug): please report it.
-pub const SOFTWARE: u8 = 70;
-/// The sidecar cannot be created or is occupied by something that is not our directory.
-pub const CANT_CREATE: u8 = 73;
-/// An I/O error on the session file or the sidecar.
-pub const IO: u8 = 74;
-/// The write lock or the prompt turn was not obtained in time, or `--nonblock` found it busy.
+/// The default code for a busy lock or turn.
 pub const BUSY: u8 = 75;
-/// Takeover: the session file changed from outside during the prompt window.
-pub const TAKEOVER: u8 = 76;
-/// Permission denied on the session file, its directory or the sidecar.
-pub const NO_PERM: u8 = 77;
-/// The command was found but cannot be executed.
-pub const CANNOT_EXECUTE: u8 = 126;
-/// The command was not found.
-pub const NOT_FOUND: u8 = 127;
 
 /// Set when the wrapper should end by SIGINT itself (see `finish`).
 static DIE_OF_SIGINT: AtomicBool = AtomicBool::new(false);
@@ -65,24 +169,40 @@ pub fn signalled(signal: i32) -> u8 {
     128u8.saturating_add(u8::try_from(signal).unwrap_or(127))
 }
 
-/// A wrapper failure: what happened, to which file, and the exit code it maps to.
+/// A wrapper failure: what happened, to which file, and the kind its exit code comes from.
 ///
 /// Its `Display` is the whole one-line message after the `sessionlock: ` prefix.
 #[derive(Debug)]
 pub struct Failure {
-    pub code: u8,
+    pub kind: Kind,
+    /// `-E N` for a busy failure.
+    code_override: Option<u8>,
     what: String,
     file: Option<std::path::PathBuf>,
 }
 
 impl Failure {
     /// `<what> (<file>)`.
-    pub fn new(code: u8, what: impl fmt::Display, file: &Path) -> Self {
+    pub fn new(kind: Kind, what: impl fmt::Display, file: &Path) -> Self {
         Self {
-            code,
+            kind,
+            code_override: None,
             what: what.to_string(),
             file: Some(file.to_owned()),
         }
+    }
+
+    /// A busy or timed-out wait, exiting with `code` (`-E`).
+    pub fn busy(code: u8, what: impl fmt::Display, file: &Path) -> Self {
+        let mut f = Self::new(Kind::Busy, what, file);
+        f.code_override = Some(code);
+        f
+    }
+
+    /// The exit code.
+    #[must_use]
+    pub fn code(&self) -> u8 {
+        self.code_override.unwrap_or_else(|| self.kind.code())
     }
 
     /// Add `note` to what happened (before the file): "...; output kept in X".
@@ -92,10 +212,20 @@ impl Failure {
         self
     }
 
+    /// Change the kind from `from` to `to` (an I/O error that means "cannot create", say).
+    #[must_use]
+    pub fn with_kind_if(mut self, from: Kind, to: Kind) -> Self {
+        if self.kind == from {
+            self.kind = to;
+        }
+        self
+    }
+
     /// A failure without a file (usage errors only).
-    pub fn bare(code: u8, what: impl fmt::Display) -> Self {
+    pub fn bare(kind: Kind, what: impl fmt::Display) -> Self {
         Self {
-            code,
+            kind,
+            code_override: None,
             what: what.to_string(),
             file: None,
         }
@@ -107,15 +237,15 @@ impl Failure {
             die_of_sigint();
         }
         Self::new(
-            signalled(signal as i32),
+            Kind::Interrupted(signal),
             format!("interrupted by {signal} while waiting for {what}"),
             file,
         )
     }
 
-    /// `<what>: <error> (<file>)`, with the code the error's kind suggests.
+    /// `<what>: <error> (<file>)`, with the kind the error suggests.
     pub fn io(what: impl fmt::Display, err: &io::Error, file: &Path) -> Self {
-        Self::new(code_for_io(err), format!("{what}: {}", describe(err)), file)
+        Self::new(kind_for_io(err), format!("{what}: {}", describe(err)), file)
     }
 }
 
@@ -130,12 +260,12 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// The exit code for an I/O error the wrapper could not get past.
+/// The kind of an I/O error the wrapper could not get past.
 #[must_use]
-pub fn code_for_io(err: &io::Error) -> u8 {
+pub fn kind_for_io(err: &io::Error) -> Kind {
     match err.kind() {
-        io::ErrorKind::PermissionDenied => NO_PERM,
-        _ => IO,
+        io::ErrorKind::PermissionDenied => Kind::NoPerm,
+        _ => Kind::Io,
     }
 }
 
@@ -161,42 +291,52 @@ mod tests {
     fn signal_death_maps_to_128_plus_n() {
         assert_eq!(signalled(9), 137);
         assert_eq!(signalled(15), 143);
+        assert_eq!(Kind::Interrupted(Signal::SIGTERM).code(), 143);
     }
 
     #[test]
     fn io_errors_read_as_one_lowercase_phrase() {
         let err = io::Error::from_raw_os_error(nix::libc::EACCES);
         assert_eq!(describe(&err), "permission denied");
-        assert_eq!(code_for_io(&err), NO_PERM);
+        assert_eq!(kind_for_io(&err), Kind::NoPerm);
         let err = io::Error::from_raw_os_error(nix::libc::ENOSPC);
-        assert_eq!(code_for_io(&err), IO);
+        assert_eq!(kind_for_io(&err), Kind::Io);
     }
 
     #[test]
     fn failure_names_the_file_last() {
-        let f = Failure::new(BUSY, "write lock is busy", Path::new("/tmp/s.jsonl"));
+        let f = Failure::new(Kind::Busy, "write lock is busy", Path::new("/tmp/s.jsonl"));
         assert_eq!(f.to_string(), "write lock is busy (/tmp/s.jsonl)");
-        assert_eq!(f.code, BUSY);
+        assert_eq!(f.code(), 75);
+        let f = Failure::busy(200, "busy", Path::new("/tmp/s.jsonl"));
+        assert_eq!((f.kind, f.code()), (Kind::Busy, 200));
     }
 
     #[test]
-    fn wrapper_codes_are_distinct() {
-        let mut codes = vec![
-            USAGE,
-            DATA,
-            NO_INPUT,
-            SOFTWARE,
-            CANT_CREATE,
-            IO,
-            BUSY,
-            TAKEOVER,
-            NO_PERM,
-            CANNOT_EXECUTE,
-            NOT_FOUND,
+    fn every_kind_has_its_own_code_and_a_row_in_the_table() {
+        let kinds = [
+            Kind::Usage,
+            Kind::Data,
+            Kind::NoInput,
+            Kind::Software,
+            Kind::CantCreate,
+            Kind::Io,
+            Kind::Busy,
+            Kind::Takeover,
+            Kind::NoPerm,
+            Kind::CannotExecute,
+            Kind::NotFound,
         ];
-        let n = codes.len();
+        let mut codes: Vec<u8> = kinds.iter().map(|k| k.code()).collect();
+        for code in &codes {
+            assert!(
+                TABLE.iter().any(|r| r.code == code.to_string()),
+                "code {code} is not documented"
+            );
+        }
         codes.sort_unstable();
         codes.dedup();
-        assert_eq!(codes.len(), n);
+        assert_eq!(codes.len(), kinds.len());
+        assert_eq!(TABLE.len(), kinds.len() + 2, "a row documents no kind");
     }
 }

@@ -1,12 +1,14 @@
-//! The fence: fingerprints of the session file, and the sidecar's `state` file that tells owned
-//! writes (made by a sessionlock holder under the write lock) from changes made outside.
+//! The fence: fingerprints of the session file, and the state that tells owned writes (made by a
+//! sessionlock holder under the write lock) from changes made outside. Pure logic: where the
+//! state is kept is the coordinator's business.
 //!
 //! The state is a chain of generations. Whoever holds the write lock first *observes* the file:
 //! if it differs from the last trusted fingerprint, an outside change happened, and it gets a
 //! generation of its own, marked as outside. A holder's own change then gets the next generation
 //! as an owned write. A prompt window that opened at generation `g` is a takeover when an outside
 //! generation newer than `g` exists, so an owned write after an outside change never launders it.
-//! All of it happens under the write lock.
+//! Generations compare as serial numbers (they may wrap); a state that had to be started afresh
+//! gets a new `lineage`, and a window opened in another lineage cannot be vouched for.
 
 use std::fmt;
 use std::fs;
@@ -15,12 +17,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-
-use crate::exit::Failure;
-use crate::sidecar::{self, Sidecar};
-
-/// The state file in the sidecar.
-pub const STATE: &str = "state";
 
 /// What identifies one version of the session file. "Absent" is a state too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -56,6 +52,7 @@ impl Fingerprint {
         Change {
             before: *self,
             after: *now,
+            reset: false,
         }
     }
 }
@@ -65,11 +62,26 @@ impl Fingerprint {
 pub struct Change {
     before: Fingerprint,
     after: Fingerprint,
+    /// The lock state was started afresh: what happened in between cannot be known.
+    reset: bool,
+}
+
+impl Change {
+    fn reset(mut self) -> Self {
+        self.reset = true;
+        self
+    }
 }
 
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (b, a) = (&self.before, &self.after);
+        if self.reset {
+            return f.write_str(
+                "the lock state was damaged or replaced and started afresh, so no change can be \
+                 ruled out",
+            );
+        }
         match (b.exists, a.exists) {
             (false, false) => f.write_str("created and removed again"),
             (true, false) => f.write_str("removed"),
@@ -87,12 +99,14 @@ impl fmt::Display for Change {
     }
 }
 
-/// The sidecar's record of trusted versions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// The record of trusted versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct State {
+    /// Which history this is: a new one starts when the state had to be started afresh.
+    pub lineage: u64,
     /// Bumped by every change anyone has seen, owned or not.
     pub generation: u64,
-    /// The newest generation that was an outside change (0: none seen).
+    /// The newest generation that was an outside change (equal to an older one: none since).
     pub outside_generation: u64,
     /// How many outside changes have been seen, in all.
     pub outside_changes: u64,
@@ -100,9 +114,80 @@ pub struct State {
     pub fingerprint: Fingerprint,
 }
 
-/// A prompt window's fence: the generation and file it opened on.
+/// `a` is newer than `b`, as serial numbers: correct across a wrap of the counter.
+#[must_use]
+pub fn newer(a: u64, b: u64) -> bool {
+    (a.wrapping_sub(b) as i64) > 0
+}
+
+impl State {
+    /// A state started afresh for a file now at `now`: a new lineage, so no window opened before
+    /// can pass, while windows opened from here on can.
+    #[must_use]
+    pub fn fresh(lineage: u64, now: Fingerprint) -> Self {
+        Self {
+            lineage,
+            generation: 1,
+            outside_generation: 0,
+            outside_changes: 0,
+            fingerprint: now,
+        }
+    }
+
+    /// Bring the state up to date with the file at `now`, recording an outside change if it
+    /// differs from the last trusted version. Returns whether the state changed.
+    pub fn observe(&mut self, now: Fingerprint) -> bool {
+        if self.fingerprint == now {
+            return false;
+        }
+        self.generation = self.generation.wrapping_add(1);
+        self.outside_generation = self.generation;
+        self.outside_changes = self.outside_changes.wrapping_add(1);
+        self.fingerprint = now;
+        true
+    }
+
+    /// Record the file at `now` as an owned write. Returns whether the state changed.
+    pub fn own(&mut self, now: Fingerprint) -> bool {
+        if self.fingerprint == now {
+            return false;
+        }
+        self.generation = self.generation.wrapping_add(1);
+        self.fingerprint = now;
+        true
+    }
+
+    /// The fence for a window opening now (after `observe`).
+    #[must_use]
+    pub fn fence(&self) -> Fence {
+        Fence {
+            lineage: self.lineage,
+            generation: self.generation,
+            fingerprint: self.fingerprint,
+        }
+    }
+
+    /// A window's verdict, with the state observed after it closed.
+    #[must_use]
+    pub fn verdict(&self, fence: &Fence, strict: bool) -> Verdict {
+        let changed = fence.fingerprint.change_to(&self.fingerprint);
+        if fence.lineage != self.lineage {
+            return Verdict::Takeover(changed.reset());
+        }
+        if newer(self.outside_generation, fence.generation)
+            || (strict && newer(self.generation, fence.generation))
+        {
+            Verdict::Takeover(changed)
+        } else {
+            Verdict::Clean
+        }
+    }
+}
+
+/// A prompt window's fence: the lineage, generation and file it opened on.
 #[derive(Debug, Clone, Copy)]
 pub struct Fence {
+    pub lineage: u64,
     pub generation: u64,
     pub fingerprint: Fingerprint,
 }
@@ -116,177 +201,47 @@ pub enum Verdict {
     Takeover(Change),
 }
 
-/// The state of one session, read and written under the write lock.
-pub struct Tracker<'a> {
-    sidecar: &'a Sidecar,
-    session: &'a Path,
-}
-
-impl<'a> Tracker<'a> {
-    #[must_use]
-    pub fn new(sidecar: &'a Sidecar, session: &'a Path) -> Self {
-        Self { sidecar, session }
-    }
-
-    /// The recorded state, if a readable one exists.
-    #[must_use]
-    pub fn load(&self) -> Option<State> {
-        let bytes = sidecar::read_small(&self.sidecar.path(STATE)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    fn save(&self, state: &State) -> Result<(), Failure> {
-        let json = serde_json::to_vec(state).expect("a state always serializes");
-        sidecar::write_atomically(self.sidecar, STATE, &json)
-    }
-
-    fn fingerprint(&self) -> Result<Fingerprint, Failure> {
-        Fingerprint::of(self.session).map_err(|e| {
-            Failure::io(
-                "cannot read the session file's fingerprint",
-                &e,
-                self.session,
-            )
-        })
-    }
-
-    /// Bring the state up to date with the file, recording an outside change if there was one.
-    pub fn observe(&self) -> Result<State, Failure> {
-        let now = self.fingerprint()?;
-        let (mut state, mut dirty) = match sidecar::read_small(&self.sidecar.path(STATE)) {
-            Ok(bytes) => match serde_json::from_slice::<State>(&bytes) {
-                Ok(state) => (state, false),
-                Err(_) => (Self::after_damage(), true),
-            },
-            // Missing: the first use, or deleted under open windows. Start above any earlier
-            // generation (the clock in milliseconds) with a mark that fails every window open
-            // across it; at first use no window is open, so the mark costs nothing.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let generation = sidecar::now_ms();
-                let state = State {
-                    generation,
-                    outside_generation: generation,
-                    outside_changes: 0,
-                    fingerprint: now,
-                };
-                (state, true)
-            }
-            Err(_) => (Self::after_damage(), true),
-        };
-        if state.fingerprint != now {
-            state.generation += 1;
-            state.outside_generation = state.generation;
-            state.outside_changes += 1;
-            state.fingerprint = now;
-            dirty = true;
-        }
-        if dirty {
-            self.save(&state)?;
-        }
-        Ok(state)
-    }
-
-    /// A damaged state cannot vouch for anything: start a generation above any earlier one
-    /// (the clock in milliseconds) and mark it outside, so every window open across it fails.
-    fn after_damage() -> State {
-        let generation = sidecar::now_ms();
-        State {
-            generation,
-            outside_generation: generation,
-            outside_changes: 1,
-            fingerprint: Fingerprint {
-                size: u64::MAX,
-                ..Fingerprint::default()
-            },
-        }
-    }
-
-    /// The fence for a window opening now.
-    pub fn fence(&self) -> Result<Fence, Failure> {
-        let state = self.observe()?;
-        Ok(Fence {
-            generation: state.generation,
-            fingerprint: state.fingerprint,
-        })
-    }
-
-    /// Check a window's fence after it closed.
-    pub fn check(&self, fence: &Fence, strict: bool) -> Result<Verdict, Failure> {
-        let state = self.observe()?;
-        let changed = fence.fingerprint.change_to(&state.fingerprint);
-        if state.outside_generation > fence.generation
-            || (strict && state.generation > fence.generation)
-        {
-            Ok(Verdict::Takeover(changed))
-        } else {
-            Ok(Verdict::Clean)
-        }
-    }
-
-    /// Record the file's current version as an owned write (if it changed) after `before`.
-    pub fn publish_owned(&self, before: &State) -> Result<State, Failure> {
-        let now = self.fingerprint()?;
-        if now == before.fingerprint {
-            return Ok(*before);
-        }
-        let state = State {
-            generation: before.generation + 1,
-            fingerprint: now,
-            ..*before
-        };
-        self.save(&state)?;
-        Ok(state)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key;
-    use std::io::Write;
 
-    fn setup() -> (tempfile::TempDir, Sidecar, std::path::PathBuf) {
-        let t = tempfile::tempdir().unwrap();
-        let session = t.path().join("s.jsonl");
-        let key = key::resolve(&session).unwrap();
-        let sc = Sidecar::create(&key).unwrap();
-        (t, sc, key.path().to_owned())
+    fn fp(size: u64) -> Fingerprint {
+        Fingerprint {
+            exists: true,
+            dev: 1,
+            ino: 2,
+            size,
+            mtime_ns: i128::from(size),
+            ctime_ns: i128::from(size),
+        }
     }
 
-    fn append(path: &Path, text: &str) {
-        let mut f = fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .unwrap();
-        f.write_all(text.as_bytes()).unwrap();
+    fn state_at(generation: u64) -> State {
+        State {
+            lineage: 9,
+            generation,
+            outside_generation: generation.wrapping_sub(5),
+            outside_changes: 0,
+            fingerprint: fp(0),
+        }
     }
 
     #[test]
     fn an_untouched_file_passes_the_fence() {
-        let (_t, sc, s) = setup();
-        let tr = Tracker::new(&sc, &s);
-        let fence = tr.fence().unwrap();
-        assert!(matches!(tr.check(&fence, true).unwrap(), Verdict::Clean));
+        let s = state_at(3);
+        assert!(matches!(s.verdict(&s.fence(), true), Verdict::Clean));
     }
 
     #[test]
     fn an_owned_write_passes_and_an_outside_one_does_not() {
-        let (_t, sc, s) = setup();
-        let tr = Tracker::new(&sc, &s);
-        let fence = tr.fence().unwrap();
-        let before = tr.observe().unwrap();
-        append(&s, "{}\n");
-        tr.publish_owned(&before).unwrap();
-        assert!(matches!(tr.check(&fence, false).unwrap(), Verdict::Clean));
-        assert!(matches!(
-            tr.check(&fence, true).unwrap(),
-            Verdict::Takeover(_)
-        ));
-
-        let fence = tr.fence().unwrap();
-        append(&s, "{}\n");
-        let Verdict::Takeover(change) = tr.check(&fence, false).unwrap() else {
+        let mut s = state_at(3);
+        let fence = s.fence();
+        assert!(s.own(fp(3)));
+        assert!(matches!(s.verdict(&fence, false), Verdict::Clean));
+        assert!(matches!(s.verdict(&fence, true), Verdict::Takeover(_)));
+        let fence = s.fence();
+        assert!(s.observe(fp(6)));
+        let Verdict::Takeover(change) = s.verdict(&fence, false) else {
             panic!("outside append not seen");
         };
         assert_eq!(change.to_string(), "size 3 -> 6 bytes");
@@ -294,37 +249,48 @@ mod tests {
 
     #[test]
     fn an_owned_write_after_an_outside_one_does_not_launder_it() {
-        let (_t, sc, s) = setup();
-        let tr = Tracker::new(&sc, &s);
-        let fence = tr.fence().unwrap();
-        append(&s, "outside\n");
-        let seen = tr.observe().unwrap(); // the next holder notices the outside change
-        append(&s, "{}\n");
-        tr.publish_owned(&seen).unwrap();
-        assert!(matches!(
-            tr.check(&fence, false).unwrap(),
-            Verdict::Takeover(_)
-        ));
-        // A window opened after the outside change is not affected by it.
-        let later = tr.fence().unwrap();
-        let before = tr.observe().unwrap();
-        append(&s, "{}\n");
-        tr.publish_owned(&before).unwrap();
-        assert!(matches!(tr.check(&later, false).unwrap(), Verdict::Clean));
+        let mut s = state_at(3);
+        let fence = s.fence();
+        s.observe(fp(8));
+        s.own(fp(11));
+        assert!(matches!(s.verdict(&fence, false), Verdict::Takeover(_)));
+        let later = s.fence();
+        s.own(fp(14));
+        assert!(matches!(s.verdict(&later, false), Verdict::Clean));
     }
 
     #[test]
-    fn a_damaged_state_file_fails_every_open_window() {
-        let (_t, sc, s) = setup();
-        let tr = Tracker::new(&sc, &s);
-        let fence = tr.fence().unwrap();
-        fs::write(sc.path(STATE), "garbage").unwrap();
+    fn generations_at_the_end_of_the_counter_wrap_without_losing_an_outside_change() {
+        for start in [u64::MAX - 1, u64::MAX, i64::MAX as u64, 0] {
+            let mut s = state_at(start);
+            let fence = s.fence();
+            s.own(fp(1));
+            s.own(fp(2));
+            assert!(
+                matches!(s.verdict(&fence, false), Verdict::Clean),
+                "{start}"
+            );
+            s.observe(fp(3));
+            s.own(fp(4));
+            assert!(
+                matches!(s.verdict(&fence, false), Verdict::Takeover(_)),
+                "an outside change at generation {start}+3 was laundered"
+            );
+        }
+    }
+
+    #[test]
+    fn a_state_started_afresh_fails_every_window_opened_before() {
+        let s = state_at(3);
+        let fence = s.fence();
+        let fresh = State::fresh(10, fp(0));
+        let Verdict::Takeover(change) = fresh.verdict(&fence, false) else {
+            panic!("a reset state vouched for an old window");
+        };
+        assert!(change.to_string().contains("lock state"), "{change}");
         assert!(matches!(
-            tr.check(&fence, false).unwrap(),
-            Verdict::Takeover(_)
+            fresh.verdict(&fresh.fence(), false),
+            Verdict::Clean
         ));
-        // The repaired state is kept: windows opened after the repair pass again.
-        let later = tr.fence().unwrap();
-        assert!(matches!(tr.check(&later, false).unwrap(), Verdict::Clean));
     }
 }

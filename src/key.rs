@@ -8,7 +8,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::exit::{self, Failure};
+use crate::exit::{Failure, Kind};
 
 /// How many symlinks a session path may pass through before we call it a loop (as Linux's `MAXSYMLINKS`).
 const MAX_SYMLINKS: usize = 40;
@@ -42,11 +42,11 @@ impl Key {
 /// Resolve `input` to its key. Errors are user-facing failures naming `input`.
 pub fn resolve(input: &Path) -> Result<Key, Failure> {
     if input.as_os_str().is_empty() {
-        return Err(Failure::bare(exit::USAGE, "the session path is empty"));
+        return Err(Failure::bare(Kind::Usage, "the session path is empty"));
     }
     if input.as_os_str().as_encoded_bytes().ends_with(b"/") {
         return Err(Failure::new(
-            exit::NO_INPUT,
+            Kind::NoInput,
             "the session path ends with a slash: name a file, not a directory",
             input,
         ));
@@ -64,8 +64,20 @@ pub fn resolve(input: &Path) -> Result<Key, Failure> {
             }
             Ok(meta) if meta.is_dir() => {
                 return Err(Failure::new(
-                    exit::NO_INPUT,
+                    Kind::NoInput,
                     "the session path is a directory, not a file",
+                    input,
+                ));
+            }
+            Ok(meta) if !meta.is_file() => {
+                // A FIFO would hang an append, a device is no session: refused before any
+                // sidecar is touched.
+                return Err(Failure::new(
+                    Kind::NoInput,
+                    format!(
+                        "the session path is not a regular file (it is {}); refusing to use it",
+                        file_kind(&meta)
+                    ),
                     input,
                 ));
             }
@@ -79,17 +91,34 @@ pub fn resolve(input: &Path) -> Result<Key, Failure> {
         }
     }
     Err(Failure::new(
-        exit::NO_INPUT,
+        Kind::NoInput,
         "too many levels of symbolic links in the session path",
         input,
     ))
+}
+
+/// What kind of non-regular file `meta` is, in a few words.
+fn file_kind(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// Key a file that does not exist (yet): canonical parent directory plus the file name.
 fn not_yet_existing(path: &Path, input: &Path) -> Result<Key, Failure> {
     let Some(name) = path.file_name() else {
         return Err(Failure::new(
-            exit::NO_INPUT,
+            Kind::NoInput,
             "the session path does not name a file",
             input,
         ));
@@ -102,7 +131,7 @@ fn not_yet_existing(path: &Path, input: &Path) -> Result<Key, Failure> {
         .map_err(|e| path_failure("the session directory cannot be used", &e, input))?;
     if !dir.is_dir() {
         return Err(Failure::new(
-            exit::NO_INPUT,
+            Kind::NoInput,
             "the session directory is not a directory",
             input,
         ));
@@ -118,13 +147,13 @@ fn path_failure(what: &str, err: &io::Error, input: &Path) -> Failure {
         err.raw_os_error(),
         Some(nix::libc::ELOOP | nix::libc::ENAMETOOLONG)
     );
-    let code = match err.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => exit::NO_INPUT,
-        _ if bad_path => exit::NO_INPUT,
-        _ => exit::code_for_io(err),
+    let kind = match err.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => Kind::NoInput,
+        _ if bad_path => Kind::NoInput,
+        _ => crate::exit::kind_for_io(err),
     };
     let mut failure = Failure::io(what, err, input);
-    failure.code = code;
+    failure.kind = kind;
     failure
 }
 
@@ -186,17 +215,20 @@ mod tests {
     #[test]
     fn bad_paths_are_refused_with_their_codes() {
         let t = tmp();
-        assert_eq!(resolve(t.path()).unwrap_err().code, exit::NO_INPUT);
+        assert_eq!(resolve(t.path()).unwrap_err().kind, Kind::NoInput);
         let missing = t.path().join("nope/s.jsonl");
-        assert_eq!(resolve(&missing).unwrap_err().code, exit::NO_INPUT);
-        assert_eq!(resolve(Path::new("")).unwrap_err().code, exit::USAGE);
+        assert_eq!(resolve(&missing).unwrap_err().kind, Kind::NoInput);
+        assert_eq!(resolve(Path::new("")).unwrap_err().kind, Kind::Usage);
         symlink("loop", t.path().join("loop")).unwrap();
         assert_eq!(
-            resolve(&t.path().join("loop")).unwrap_err().code,
-            exit::NO_INPUT
+            resolve(&t.path().join("loop")).unwrap_err().kind,
+            Kind::NoInput
         );
         fs::write(t.path().join("plain"), "").unwrap();
         let under_file = t.path().join("plain/s.jsonl");
-        assert_eq!(resolve(&under_file).unwrap_err().code, exit::NO_INPUT);
+        assert_eq!(resolve(&under_file).unwrap_err().kind, Kind::NoInput);
+        let null = resolve(Path::new("/dev/null")).unwrap_err();
+        assert_eq!(null.kind, Kind::NoInput);
+        assert!(null.to_string().contains("character device"), "{null}");
     }
 }

@@ -3,20 +3,22 @@
 //! fence after it; `idle-wait` does the same without a turn. With `--append`, each ends in a
 //! commit of the child's output under the write lock.
 //!
-//! The ticket (and with it the queue entry) is dropped on every way out, so a failure anywhere,
-//! a timeout or a signal leaves no trace; only SIGKILL leaves a dead entry, reaped by the next
-//! process that looks. Output that is not committed is kept, and the error line says where.
+//! The ticket (and with it the turn) is dropped on every way out, so a failure anywhere, a
+//! timeout or a signal leaves no trace; after a SIGKILL the kernel drops the turn's lock, and
+//! nothing else is left to reap. Output that is not committed is kept, and the error line says
+//! where.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 
 use crate::child;
-use crate::commit::{self, Capture};
+use crate::commit::{self, Capture, KeepReason};
 use crate::config::{Config, Mode};
-use crate::coord::{Coordinator, Files, Phase, TurnWait};
-use crate::exit::{self, Failure};
-use crate::fence::{State, Verdict};
+use crate::coord::files::Files;
+use crate::coord::{Activity, Coordinator, Phase, TurnWait};
+use crate::exit::{self, Failure, Kind};
+use crate::fence::Verdict;
 use crate::sidecar::Sidecar;
 use crate::signal::{self, Signals};
 
@@ -29,60 +31,68 @@ struct Ctx<'a> {
 
 /// Run the configured mode.
 pub fn execute(config: &Config) -> Result<u8, Failure> {
-    let sidecar = Sidecar::create(&config.key)?;
     let signals = Signals::install().map_err(|e| {
-        let mut f = Failure::io("cannot install signal handlers", &e, config.key.path());
-        f.code = exit::SOFTWARE;
-        f
+        Failure::io("cannot install signal handlers", &e, config.key.path())
+            .with_kind_if(Kind::Io, Kind::Software)
     })?;
-    let files = Files::new(config, sidecar.clone(), &signals);
+    let files = Files::open(config, &signals)?;
     let ctx = Ctx {
         config,
-        sidecar: &sidecar,
+        sidecar: files.sidecar(),
         signals: &signals,
     };
-    let code = match config.mode {
-        Mode::Run => run(&files, &ctx),
-        Mode::Prompt => prompt(&files, &ctx),
-        Mode::IdleWait => idle_wait(&files, &ctx),
-    }?;
+    let code = run_mode(&files, &ctx)?;
     config.detail(&format!("done with {}", config.key.path().display()));
     Ok(code)
+}
+
+fn run_mode<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
+    match ctx.config.mode {
+        Mode::Run => run(c, ctx),
+        Mode::Prompt => prompt(c, ctx),
+        Mode::IdleWait => idle_wait(c, ctx),
+    }
 }
 
 /// `run`: hold the write lock for the whole child; publish its change as an owned write.
 fn run<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
     let lock = c.write_lock(None, Phase::Enter)?;
     let ticket = c.issue(&lock)?;
-    let before = c.observe(&lock)?;
-    let (capture, stdout) = start_capture(ctx, C::ticket_id(&ticket))?;
-    let outcome = match run_child(ctx, C::ticket_id(&ticket), stdout) {
+    c.observe(&lock)?;
+    let label = C::label(&ticket);
+    let (capture, stdout) = start_capture(ctx, &label)?;
+    c.activity(&ticket, Activity::Running);
+    let outcome = match run_child(ctx, &label, stdout) {
         Ok(ran) if ran.failed() => Ok(command_failed(ctx, capture, ran)),
         Ok(_) => match capture {
-            Some(capture) => commit_output(ctx, C::ticket_id(&ticket), capture).map(|()| 0),
+            Some(capture) => commit_output(c, ctx, &lock, &label, capture).map(|()| 0),
             None => Ok(0),
         },
         Err(failure) => Err(failure),
     };
-    // Whatever the child (and the commit) did to the file, it did under the lock: it is owned.
-    publish(c, &lock, &before, outcome.is_ok());
+    // Whatever the child did to the file (and a rolled-back commit undid), it did under the
+    // lock: it is owned.
+    publish(c, &lock, outcome.is_ok());
     drop(lock);
     leave(c, ticket);
     outcome
 }
 
-/// `prompt`: the ten steps of DESIGN.md.
+/// `prompt`: take the write lock, join the FIFO, wait (without the lock) for the turns ahead,
+/// then the window; leave the queue on every way out.
 fn prompt<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
     let config = ctx.config;
     let session = config.key.path();
     // 1-2: take the write lock and join the queue under it.
-    let mut lock = c.write_lock(None, Phase::Enter)?;
+    let lock = c.write_lock(None, Phase::Enter)?;
     let mut ticket = c.issue(&lock)?;
     c.join(&lock, &mut ticket)?;
     // 3: while an earlier live turn exists, wait for it without the write lock.
     let turn_deadline = signal::deadline(config.turn_timeout);
+    let mut lock = Some(lock);
     while let Some(ahead) = c.ahead(&ticket)? {
-        drop(lock);
+        lock = None;
+        c.activity(&ticket, Activity::Waiting);
         match c.wait_turn(ahead, turn_deadline)? {
             TurnWait::Ended => {}
             TurnWait::TimedOut => {
@@ -94,7 +104,7 @@ fn prompt<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
                         humantime::format_duration(config.turn_timeout)
                     )
                 };
-                return Err(Failure::new(config.conflict_code, what, session));
+                return Err(Failure::busy(config.conflict_code, what, session));
             }
             TurnWait::Interrupted(received) => {
                 return Err(Failure::interrupted(
@@ -104,9 +114,12 @@ fn prompt<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
                 ));
             }
         }
-        lock = c.write_lock(Some(&ticket), Phase::Turn)?;
     }
-    config.detail(&format!("prompt turn {} began", C::ticket_id(&ticket)));
+    let lock = match lock {
+        Some(lock) => lock,
+        None => c.write_lock(Some(&ticket), Phase::Turn)?,
+    };
+    config.detail(&format!("prompt turn {} began", C::label(&ticket)));
     // 4-9: fence, window, reacquire, check, commit, release.
     let code = window(c, ctx, lock, &ticket)?;
     // 10: leave the queue, which wakes the next turn.
@@ -132,28 +145,31 @@ fn window<C: Coordinator>(
     ticket: &C::Ticket,
 ) -> Result<u8, Failure> {
     let config = ctx.config;
-    let id = C::ticket_id(ticket);
+    let label = C::label(ticket);
     let fence = c.fence(&lock)?;
     drop(lock);
-    let (capture, stdout) = start_capture(ctx, id)?;
-    let ran = run_child(ctx, id, stdout)?;
+    c.activity(ticket, Activity::Window);
+    let (capture, stdout) = start_capture(ctx, &label)?;
+    let ran = run_child(ctx, &label, stdout)?;
     if ran.failed() {
         return Ok(command_failed(ctx, capture, ran));
     }
     let lock = match c.write_lock(Some(ticket), Phase::AfterWindow) {
         Ok(lock) => lock,
         Err(failure) => {
-            let reason = if failure.code >= 128 {
-                "interrupted"
+            let reason = if matches!(failure.kind, Kind::Interrupted(_)) {
+                KeepReason::Interrupted
+            } else if failure.kind == Kind::Busy {
+                KeepReason::LockTimeout
             } else {
-                "lock-timeout"
+                KeepReason::NotCommitted
             };
             return Err(keeping(failure, capture, reason));
         }
     };
     let verdict = match c.check(&lock, &fence) {
         Ok(verdict) => verdict,
-        Err(failure) => return Err(keeping(failure, capture, "fence-unreadable")),
+        Err(failure) => return Err(keeping(failure, capture, KeepReason::FenceUnreadable)),
     };
     if let Verdict::Takeover(change) = verdict {
         let window = if config.mode == Mode::Prompt {
@@ -164,39 +180,35 @@ fn window<C: Coordinator>(
         let how = if config.strict { "" } else { " from outside" };
         let what = format!("the session file changed{how} during {window}");
         let failure = Failure::new(
-            exit::TAKEOVER,
+            Kind::Takeover,
             format!("takeover: {what} ({change}); nothing committed"),
             config.key.path(),
         );
-        return Err(keeping(failure, capture, "takeover"));
+        return Err(keeping(failure, capture, KeepReason::Takeover));
     }
     if let Some(capture) = capture {
-        let before = c.observe(&lock)?;
-        let committed = commit_output(ctx, id, capture);
-        publish(c, &lock, &before, committed.is_ok());
-        committed?;
+        commit_output(c, ctx, &lock, &label, capture)?;
     }
     drop(lock);
     Ok(ran.code)
 }
 
-/// Leave the queue after the work is done. The ticket lock is freed either way, so the turn
-/// behind wakes; if the entry could not be removed, it is dead and the next prompt reaps it.
-/// Failing here must not turn a committed reply into a failure a caller would retry.
+/// Leave the queue after the work is done. Failing here must not turn a committed reply into a
+/// failure a caller would retry: the kernel frees the turn when the process exits anyway.
 fn leave<C: Coordinator>(c: &C, ticket: C::Ticket) {
     if let Err(failure) = c.leave(ticket) {
         exit::say(&format!(
-            "warning: could not remove the queue entry (the next prompt reaps it): {failure}"
+            "warning: could not leave the queue cleanly: {failure}"
         ));
     }
 }
 
-/// Record the file's change since `before` as an owned write. It has happened already (the
-/// reply is in the file), so failing to record it is a warning, not a failure to retry: the
-/// next holder then counts the change as an outside one, which only errs on the safe side.
-/// After a failure (`succeeded` false) the one error line has been said already: no warning.
-fn publish<C: Coordinator>(c: &C, lock: &C::WriteLock, before: &State, succeeded: bool) {
-    if let Err(failure) = c.publish_owned(lock, before)
+/// Record the change a `run` child made as an owned write. It has happened already, so failing
+/// to record it is a warning, not a failure to retry: the next holder then counts the change as
+/// an outside one, which only errs on the safe side. After a failure (`succeeded` false) the
+/// one error line has been said already: no warning.
+fn publish<C: Coordinator>(c: &C, lock: &C::WriteLock, succeeded: bool) {
+    if let Err(failure) = c.publish_owned(lock)
         && succeeded
     {
         exit::say(&format!(
@@ -207,61 +219,90 @@ fn publish<C: Coordinator>(c: &C, lock: &C::WriteLock, before: &State, succeeded
 }
 
 /// With `--append`: start capturing the child's stdout into the sidecar.
-fn start_capture(ctx: &Ctx<'_>, ticket: u64) -> Result<(Option<Capture>, Option<Stdio>), Failure> {
+fn start_capture(ctx: &Ctx<'_>, label: &str) -> Result<(Option<Capture>, Option<Stdio>), Failure> {
     let Some(commit) = ctx.config.commit else {
         return Ok((None, None));
     };
-    let (capture, stdio) = Capture::start(ctx.sidecar, ticket, commit.tee)?;
+    let (capture, stdio) = Capture::start(ctx.sidecar, label, commit.tee)?;
     Ok((Some(capture), Some(stdio)))
 }
 
-/// Validate the captured output and append it, under the write lock the caller holds.
-fn commit_output(ctx: &Ctx<'_>, ticket: u64, mut capture: Capture) -> Result<(), Failure> {
+/// Validate the captured output and append it under the write lock the caller holds: intent
+/// first, then the append, then the owned write published. A failure after the append rolls it
+/// back, so a failed turn leaves the file as it was.
+fn commit_output<C: Coordinator>(
+    c: &C,
+    ctx: &Ctx<'_>,
+    lock: &C::WriteLock,
+    label: &str,
+    mut capture: Capture,
+) -> Result<(), Failure> {
     let config = ctx.config;
     let session = config.key.path();
-    capture.finish()?;
-    let output = capture.read()?;
-    let bytes = match commit::validate(output) {
-        Ok(bytes) => bytes,
-        Err(invalid) => {
-            let failure = Failure::new(
-                exit::DATA,
+    let prepared = (|| {
+        capture.finish()?;
+        let output = capture.read()?;
+        let bytes = commit::validate(output).map_err(|invalid| {
+            Failure::new(
+                Kind::Data,
                 format!(
                     "the command's output is not valid JSONL (line {}: {}); nothing appended",
                     invalid.line, invalid.error
                 ),
                 session,
-            );
-            return Err(keeping(failure, Some(capture), "invalid"));
+            )
+        })?;
+        capture.settle(&bytes)?;
+        let repair = config.commit.is_some_and(|c| c.repair);
+        commit::prepare(session, ctx.sidecar, label, capture.id(), bytes, repair)
+    })();
+    let pending = match prepared {
+        Ok(pending) => pending,
+        Err(failure) => {
+            let reason = match failure.kind {
+                Kind::Data if failure.to_string().contains("not valid JSONL") => {
+                    KeepReason::Invalid
+                }
+                Kind::Data => KeepReason::IncompleteSession,
+                _ => KeepReason::WriteFailed,
+            };
+            return Err(keeping(failure, Some(capture), reason));
         }
     };
-    let repair = config.commit.is_some_and(|c| c.repair);
-    match commit::append(session, ctx.sidecar, ticket, &bytes, repair) {
-        Ok(done) => {
-            if let Some((tail, moved)) = done.repaired {
-                exit::say(&format!(
-                    "moved an incomplete last line ({tail} bytes) of {} into {}",
-                    session.display(),
-                    moved.display()
-                ));
-            }
-            config.detail(&format!(
-                "appended {} bytes to {}",
-                done.bytes,
-                session.display()
-            ));
-            capture.discard();
-            Ok(())
-        }
-        Err(failure) => {
-            let reason = if failure.code == exit::DATA {
-                "incomplete-session"
-            } else {
-                "write-failed"
-            };
-            Err(keeping(failure, Some(capture), reason))
-        }
+    if let Err(failure) = c.record_intent(lock, &pending.intent) {
+        return Err(keeping(failure, Some(capture), KeepReason::WriteFailed));
     }
+    let written = match pending.write() {
+        Ok(written) => written,
+        Err(failure) => {
+            let _ = c.clear_intent(lock);
+            return Err(keeping(failure, Some(capture), KeepReason::WriteFailed));
+        }
+    };
+    if let Err(failure) = c.publish_owned(lock) {
+        let note = written.roll_back();
+        let _ = c.clear_intent(lock);
+        let failure = Failure::new(
+            failure.kind,
+            format!("the reply was appended but could not be recorded ({failure}); {note}"),
+            written.session(),
+        );
+        return Err(keeping(failure, Some(capture), KeepReason::WriteFailed));
+    }
+    if let Some((tail, moved)) = &written.repaired {
+        exit::say(&format!(
+            "moved an incomplete last line ({tail} bytes) of {} into {}",
+            session.display(),
+            moved.display()
+        ));
+    }
+    config.detail(&format!(
+        "appended {} bytes to {}",
+        written.bytes,
+        session.display()
+    ));
+    capture.discard();
+    Ok(())
 }
 
 /// The command failed: nothing is appended; keep what it printed and say where.
@@ -282,9 +323,9 @@ fn command_failed(ctx: &Ctx<'_>, capture: Option<Capture>, ran: Ran) -> u8 {
         },
     };
     let reason = if ran.stopped.is_some() {
-        "max-hold"
+        KeepReason::MaxHold
     } else {
-        "command-failed"
+        KeepReason::CommandFailed
     };
     match capture.map(|c| c.keep(reason)) {
         Some(Some(kept)) => exit::say(&format!(
@@ -299,7 +340,7 @@ fn command_failed(ctx: &Ctx<'_>, capture: Option<Capture>, ran: Ran) -> u8 {
 }
 
 /// Keep the capture (if any) and add where it went to the failure's line.
-fn keeping(failure: Failure, capture: Option<Capture>, reason: &str) -> Failure {
+fn keeping(failure: Failure, capture: Option<Capture>, reason: KeepReason) -> Failure {
     match capture.map(|c| c.keep(reason)) {
         Some(Some(kept)) => failure.noting(format!("output kept in {}", kept.display())),
         Some(None) => failure.noting("the output was empty"),
@@ -327,7 +368,7 @@ impl Ran {
 }
 
 /// Start the child, wait for it (forwarding signals), and return the code it maps to.
-fn run_child(ctx: &Ctx<'_>, ticket: u64, stdout: Option<Stdio>) -> Result<Ran, Failure> {
+fn run_child(ctx: &Ctx<'_>, label: &str, stdout: Option<Stdio>) -> Result<Ran, Failure> {
     let config = ctx.config;
     let mut env: Vec<(&'static str, OsString)> = vec![
         (
@@ -337,7 +378,7 @@ fn run_child(ctx: &Ctx<'_>, ticket: u64, stdout: Option<Stdio>) -> Result<Ran, F
         ("SESSIONLOCK_MODE", config.mode.name().into()),
     ];
     if config.mode == Mode::Prompt {
-        env.push(("SESSIONLOCK_TICKET", ticket.to_string().into()));
+        env.push(("SESSIONLOCK_TICKET", label.into()));
     }
     let mut child = child::spawn(
         child::Spec {

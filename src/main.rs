@@ -7,11 +7,10 @@ mod config;
 mod coord;
 mod docs;
 mod exit;
+mod fault;
 mod fence;
 mod key;
 mod lifecycle;
-mod lock;
-mod queue;
 mod sidecar;
 mod signal;
 mod status;
@@ -36,7 +35,7 @@ fn main() -> ExitCode {
             exit::say(&format!("{err:#}"));
             exit::finish(
                 err.downcast_ref::<Failure>()
-                    .map_or(exit::SOFTWARE, |f| f.code),
+                    .map_or(exit::Kind::Software.code(), Failure::code),
             )
         }
     }

@@ -1,94 +1,165 @@
-//! The sidecar: `<dir>/.<name>.sessionlock/`, the directory of lock state next to a session file,
-//! and the small records inside it (who holds the write lock).
+//! The sidecar: `<dir>/.<name>.sessionlock/`, the directory next to a session file that holds its
+//! one lock file and the outputs kept from turns that did not commit.
 //!
-//! It is created on first use and never replaced while in use. A path occupied by anything but a
-//! real directory is refused, and files inside are opened with `O_NOFOLLOW`, so a planted symlink
-//! is never followed.
+//! It is created on first use with modes that follow the session file's (owner read+write, plus
+//! each class that may write the session file, with the session file's group), whatever the
+//! umask. It is never followed through a symlink, and a sidecar, lock file or output directory
+//! owned by anyone but us or the session file's owner is refused: a co-tenant of a shared
+//! directory cannot plant one to read or inject our lines.
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::{Gid, Uid};
 
-use crate::exit::{self, Failure};
+use crate::exit::{Failure, Kind};
 use crate::key::Key;
 
-/// The write lock's target: never renamed or deleted.
+/// The lock file: never renamed or deleted while in use.
 pub const LOCK: &str = "lock";
-/// The record of who holds the write lock (display only).
-pub const HOLDER: &str = "holder";
 
-/// The sidecar of one key.
-#[derive(Debug, Clone)]
+/// Who may own the sidecar's files, and the modes new ones get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Modes {
+    /// For regular files: 0600, plus rw for group and others where they may write the session.
+    pub file: u32,
+    /// For directories: the same classes with rwx.
+    pub dir: u32,
+    /// The session file's group, given to new files when the group may write the session.
+    pub gid: Option<u32>,
+    /// The session file's owner (besides us) may own the sidecar's files.
+    pub session_owner: Option<u32>,
+}
+
+impl Modes {
+    /// The modes for a session file with `meta` (or none yet: private to us).
+    #[must_use]
+    pub fn for_session(meta: Option<&fs::Metadata>) -> Self {
+        let Some(meta) = meta else {
+            return Self {
+                file: 0o600,
+                dir: 0o700,
+                gid: None,
+                session_owner: None,
+            };
+        };
+        let perm = meta.mode();
+        let group = perm & 0o020 != 0;
+        let other = perm & 0o002 != 0;
+        Self {
+            file: 0o600 | if group { 0o060 } else { 0 } | if other { 0o006 } else { 0 },
+            dir: 0o700 | if group { 0o070 } else { 0 } | if other { 0o007 } else { 0 },
+            gid: group.then_some(meta.gid()),
+            session_owner: Some(meta.uid()),
+        }
+    }
+
+    /// May a file owned by `uid` be trusted?
+    #[must_use]
+    pub fn trusts(&self, uid: u32) -> bool {
+        uid == Uid::effective().as_raw() || Some(uid) == self.session_owner
+    }
+
+    /// Give a file we just created its mode and group, whatever the umask.
+    fn apply(&self, fd: impl AsFd, mode: u32) -> io::Result<()> {
+        nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(mode))?;
+        if let Some(gid) = self.gid {
+            // Only to a group we belong to; if we cannot, the group stays ours.
+            let _ = nix::unistd::fchown(fd.as_fd(), None, Some(Gid::from_raw(gid)));
+        }
+        Ok(())
+    }
+}
+
+/// The sidecar of one key, open.
+#[derive(Debug)]
 pub struct Sidecar {
     dir: PathBuf,
+    fd: OwnedFd,
+    modes: Modes,
+}
+
+/// Where the sidecar of `key` lives; touches nothing.
+#[must_use]
+pub fn locate(key: &Key) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(key.name());
+    name.push(".sessionlock");
+    key.dir().join(name)
+}
+
+fn io_failure(what: &str, err: &io::Error, file: &Path) -> Failure {
+    Failure::io(what, err, file)
 }
 
 impl Sidecar {
-    /// Where the sidecar of `key` lives; touches nothing.
-    #[must_use]
-    pub fn locate(key: &Key) -> Self {
-        let mut name = OsString::from(".");
-        name.push(key.name());
-        name.push(".sessionlock");
-        Self {
-            dir: key.dir().join(name),
-        }
-    }
-
-    /// Create the sidecar, or check that the existing one is a real directory.
-    pub fn create(key: &Key) -> Result<Self, Failure> {
-        let sidecar = Self::locate(key);
-        match fs::create_dir(&sidecar.dir) {
-            Ok(()) => Ok(sidecar),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                sidecar.check()?;
-                Ok(sidecar)
-            }
-            Err(e) => {
-                let mut failure = Failure::io("cannot create the sidecar", &e, &sidecar.dir);
-                if failure.code == exit::IO {
-                    failure.code = exit::CANT_CREATE;
+    /// Open the sidecar of `key`, creating it (if `create`) on first use. `None`: it does not
+    /// exist and was not to be created.
+    pub fn open(key: &Key, create: bool) -> Result<Option<Self>, Failure> {
+        let dir = locate(key);
+        let session_meta = match fs::metadata(key.path()) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_failure("cannot read the session file", &e, key.path())),
+        };
+        let modes = Modes::for_session(session_meta.as_ref());
+        let mut created = false;
+        if create {
+            crate::fault::check("sidecar").map_err(|e| {
+                Failure::io("cannot create the sidecar", &e, &dir)
+                    .with_kind_if(Kind::Io, Kind::CantCreate)
+            })?;
+            match nix::unistd::mkdir(&dir, Mode::from_bits_truncate(0o700)) {
+                Ok(()) => created = true,
+                Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => {
+                    return Err(Failure::io("cannot create the sidecar", &e.into(), &dir)
+                        .with_kind_if(Kind::Io, Kind::CantCreate));
                 }
-                Err(failure)
             }
         }
-    }
-
-    /// The existing sidecar of `key`, or `None` if there is none yet; never creates it.
-    pub fn existing(key: &Key) -> Result<Option<Self>, Failure> {
-        let sidecar = Self::locate(key);
-        match fs::symlink_metadata(&sidecar.dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Failure::io("cannot inspect the sidecar", &e, &sidecar.dir)),
-            Ok(_) => sidecar.check().map(|()| Some(sidecar)),
+        let fd = match nix::fcntl::open(
+            &dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::ENOENT) if !create => return Ok(None),
+            Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR)
+                if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) =>
+            {
+                return Err(Failure::new(
+                    Kind::CantCreate,
+                    "the sidecar path is a symlink; refusing to follow it",
+                    &dir,
+                ));
+            }
+            Err(nix::errno::Errno::ENOTDIR) => {
+                return Err(Failure::new(
+                    Kind::CantCreate,
+                    "the sidecar path is occupied by a file that is not a directory",
+                    &dir,
+                ));
+            }
+            Err(e) => return Err(io_failure("cannot open the sidecar", &e.into(), &dir)),
+        };
+        let stat = nix::sys::stat::fstat(&fd)
+            .map_err(|e| io_failure("cannot inspect the sidecar", &e.into(), &dir))?;
+        if created {
+            modes
+                .apply(&fd, modes.dir)
+                .map_err(|e| io_failure("cannot set the sidecar's mode", &e, &dir))?;
+        } else if !modes.trusts(stat.st_uid) {
+            return Err(untrusted("the sidecar", stat.st_uid, &dir));
         }
-    }
-
-    /// Refuse a sidecar path held by a symlink or a non-directory.
-    fn check(&self) -> Result<(), Failure> {
-        let meta = fs::symlink_metadata(&self.dir)
-            .map_err(|e| Failure::io("cannot inspect the sidecar", &e, &self.dir))?;
-        let kind = meta.file_type();
-        if kind.is_symlink() {
-            return Err(Failure::new(
-                exit::CANT_CREATE,
-                "the sidecar path is a symlink; refusing to follow it",
-                &self.dir,
-            ));
-        }
-        if !kind.is_dir() {
-            return Err(Failure::new(
-                exit::CANT_CREATE,
-                "the sidecar path is occupied by a file that is not a directory",
-                &self.dir,
-            ));
-        }
-        Ok(())
+        Ok(Some(Self { dir, fd, modes }))
     }
 
     /// The sidecar directory.
@@ -103,57 +174,150 @@ impl Sidecar {
         self.dir.join(name)
     }
 
-    /// Open (creating if needed) the write lock's target.
-    pub fn open_lock_target(&self) -> Result<File, Failure> {
+    #[must_use]
+    pub fn modes(&self) -> Modes {
+        self.modes
+    }
+
+    /// Open the lock file: read+write (creating it, if `write`) or read-only for `status`.
+    /// Never through a symlink, never a FIFO or device, never one a stranger owns.
+    pub fn open_lock(&self, write: bool) -> Result<File, Failure> {
         let path = self.path(LOCK);
-        open_nofollow(&path, Access::CreateRead)
-            .map_err(|e| Failure::io("cannot open the write lock", &e, &path))
+        crate::fault::check("sidecar")
+            .map_err(|e| io_failure("cannot open the lock file", &e, &path))?;
+        let base = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+        let mut created = false;
+        let fd = if write {
+            match nix::fcntl::openat(
+                &self.fd,
+                LOCK,
+                base | OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
+                Mode::from_bits_truncate(0o600),
+            ) {
+                Ok(fd) => {
+                    created = true;
+                    Ok(fd)
+                }
+                Err(nix::errno::Errno::EEXIST) => {
+                    nix::fcntl::openat(&self.fd, LOCK, base | OFlag::O_RDWR, Mode::empty())
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            nix::fcntl::openat(&self.fd, LOCK, base | OFlag::O_RDONLY, Mode::empty())
+        };
+        let fd = fd.map_err(|e| {
+            let err = io::Error::from(e);
+            if e == nix::errno::Errno::ELOOP {
+                io_failure(
+                    "cannot open the lock file",
+                    &io::Error::new(err.kind(), "it is a symlink; refusing to follow it"),
+                    &path,
+                )
+            } else {
+                io_failure("cannot open the lock file", &err, &path)
+            }
+        })?;
+        let stat = nix::sys::stat::fstat(&fd)
+            .map_err(|e| io_failure("cannot inspect the lock file", &e.into(), &path))?;
+        if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err(Failure::new(
+                Kind::Io,
+                "cannot open the lock file: it is not a regular file; refusing to use it",
+                &path,
+            ));
+        }
+        if created {
+            self.modes
+                .apply(&fd, self.modes.file)
+                .map_err(|e| io_failure("cannot set the lock file's mode", &e, &path))?;
+        } else if !self.modes.trusts(stat.st_uid) {
+            return Err(untrusted("the lock file", stat.st_uid, &path));
+        }
+        // Blocking I/O from here on (O_NONBLOCK was only against a planted FIFO).
+        let file = File::from(fd);
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))
+            .map_err(|e| io_failure("cannot open the lock file", &e.into(), &path))?;
+        Ok(file)
     }
 
-    /// Publish who holds the write lock (written to a temporary name, then renamed into place).
-    pub fn write_holder(&self, holder: &Holder) -> Result<(), Failure> {
-        let json = serde_json::to_vec(holder).expect("a holder record always serializes");
-        write_atomically(self, HOLDER, &json)
+    /// Does the lock file's path still name the file open as `file`?
+    pub fn still_names(&self, file: &File) -> io::Result<bool> {
+        let open = file.metadata()?;
+        // The casts are for the platforms whose `stat` fields are not `u64`.
+        #[allow(clippy::unnecessary_cast)]
+        match nix::sys::stat::fstatat(&self.fd, LOCK, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(st.st_dev as u64 == open.dev() && st.st_ino as u64 == open.ino()),
+            Err(nix::errno::Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Remove the holder record; called while the lock is still held, just before release.
-    pub fn clear_holder(&self) {
-        let _ = fs::remove_file(self.path(HOLDER));
-    }
-
-    /// The recorded holder, if a readable record exists.
+    /// Does an entry `name` exist in the sidecar (not following a symlink)?
     #[must_use]
-    pub fn read_holder(&self) -> Option<Holder> {
-        let bytes = read_small(&self.path(HOLDER)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    pub fn has(&self, name: &str) -> bool {
+        nix::sys::stat::fstatat(&self.fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
     }
-}
 
-/// Who holds (or held) the write lock: for the waiting notice and `status`, never proof of life.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Holder {
-    pub pid: u32,
-    pub mode: String,
-    /// The holder's ticket, whose lock proves it is alive.
-    #[serde(default)]
-    pub ticket: Option<u64>,
-    /// When it took the lock, in milliseconds since the Unix epoch.
-    pub since_ms: u64,
-    /// The command's name (its first word).
-    pub command: String,
-}
-
-impl Holder {
-    /// "pid 123 (run) for 4s".
-    #[must_use]
-    pub fn describe(&self) -> String {
-        format!(
-            "pid {} ({}) for {}",
-            self.pid,
-            self.mode,
-            age(self.since_ms)
+    /// A subdirectory (`out`, `kept`), created with the sidecar's modes if missing; a symlink,
+    /// a file, or a directory a stranger owns in its place is refused.
+    pub fn subdir(&self, name: &str) -> Result<PathBuf, Failure> {
+        let path = self.path(name);
+        let made = nix::unistd::mkdir(&path, Mode::from_bits_truncate(0o700));
+        let fd = nix::fcntl::open(
+            &path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
         )
+        .map_err(|e| {
+            let err = io::Error::from(e);
+            let err = if matches!(e, nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) {
+                io::Error::new(
+                    err.kind(),
+                    "it is not a directory (a symlink or a file); refusing to use it",
+                )
+            } else {
+                err
+            };
+            io_failure("cannot use a sidecar directory", &err, &path)
+        })?;
+        if made.is_ok() {
+            self.modes
+                .apply(&fd, self.modes.dir)
+                .map_err(|e| io_failure("cannot set a directory's mode", &e, &path))?;
+        } else {
+            let st = nix::sys::stat::fstat(&fd)
+                .map_err(|e| io_failure("cannot inspect a sidecar directory", &e.into(), &path))?;
+            if !self.modes.trusts(st.st_uid) {
+                return Err(untrusted("a sidecar directory", st.st_uid, &path));
+            }
+        }
+        Ok(path)
     }
+
+    /// Create a new file at `path` (never over an existing one, never through a symlink) with
+    /// the sidecar's file mode.
+    pub fn create_file(&self, path: &Path) -> io::Result<File> {
+        crate::fault::check("sidecar")?;
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        self.modes.apply(&fd, self.modes.file)?;
+        Ok(File::from(fd))
+    }
+}
+
+fn untrusted(what: &str, uid: u32, path: &Path) -> Failure {
+    Failure::new(
+        Kind::CantCreate,
+        format!(
+            "{what} is owned by uid {uid}, neither you nor the session file's owner; refusing \
+             to use it (another user may have planted it)"
+        ),
+        path,
+    )
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -169,88 +333,4 @@ pub fn now_ms() -> u64 {
 pub fn age(since_ms: u64) -> String {
     let secs = now_ms().saturating_sub(since_ms) / 1000;
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
-}
-
-/// How a sidecar file is opened.
-#[derive(Debug, Clone, Copy)]
-pub enum Access {
-    /// Read; create empty if missing (lock targets: flock needs no write access).
-    CreateRead,
-    /// Read an existing file.
-    Read,
-}
-
-/// Open a regular file inside the sidecar without following a symlink at its name, and without
-/// blocking on a planted FIFO or device.
-pub fn open_nofollow(path: &Path, access: Access) -> io::Result<File> {
-    let flags = nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK;
-    let mut options = OpenOptions::new();
-    options.read(true).custom_flags(flags);
-    if let Access::CreateRead = access {
-        // O_CREAT without write access: std refuses `create` without `write`, so ask the OS.
-        options.custom_flags(flags | nix::libc::O_CREAT).mode(0o666);
-    }
-    let file = options.open(path).map_err(|e| {
-        if e.raw_os_error() == Some(nix::libc::ELOOP) {
-            io::Error::new(e.kind(), "it is a symlink; refusing to follow it")
-        } else {
-            e
-        }
-    })?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::other(
-            "it is not a regular file; refusing to use it",
-        ));
-    }
-    Ok(file)
-}
-
-/// Read a small sidecar file whole, without following a symlink.
-pub fn read_small(path: &Path) -> io::Result<Vec<u8>> {
-    let mut file = open_nofollow(path, Access::Read)?;
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut file, &mut bytes)?;
-    Ok(bytes)
-}
-
-/// Create (or truncate) a file for writing, without following a symlink at its name.
-pub fn create_nofollow(path: &Path, mode: u32) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-}
-
-/// Create a directory inside the sidecar unless it is already there; a symlink or a file in its
-/// place is refused, never followed.
-pub fn ensure_dir(dir: &Path) -> io::Result<()> {
-    match fs::create_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
-    if fs::symlink_metadata(dir)?.is_dir() {
-        Ok(())
-    } else {
-        Err(io::Error::other(
-            "it is not a directory (a symlink or a file); refusing to use it",
-        ))
-    }
-}
-
-/// Replace `name` in the sidecar with `bytes`: write a per-process temporary file, then rename.
-pub fn write_atomically(sidecar: &Sidecar, name: &str, bytes: &[u8]) -> Result<(), Failure> {
-    let target = sidecar.path(name);
-    let temp = sidecar.path(&format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = create_nofollow(&temp, 0o666)?;
-        file.write_all(bytes)?;
-        fs::rename(&temp, &target)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&temp);
-        Failure::io(format!("cannot write {name}"), &e, &target)
-    })
 }

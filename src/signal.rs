@@ -2,10 +2,16 @@
 //!
 //! SIGINT, SIGTERM, SIGHUP and SIGQUIT end a wait (the wrapper cleans up and exits `128 + N`) or
 //! are forwarded to the running child. SIGCHLD wakes the loop that waits for the child.
+//!
+//! Blocking lock calls are ended by signals: the handlers are installed without `SA_RESTART`, so
+//! `F_SETLKW` returns `EINTR`, and a timer (`SIGALRM`) marks deadlines. A signal that lands
+//! between the loop's last look and the blocking call would be lost, so while a wait is on
+//! (`Waiting`), every handler re-arms the timer to fire a millisecond later: the call is always
+//! interrupted, and the loop looks again.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -22,8 +28,17 @@ pub const TERMINATING: [Signal; 4] = [
     Signal::SIGQUIT,
 ];
 
+/// The signals that are always the wrapper's own: the child's end and the timer.
+const OURS: [Signal; 2] = [Signal::SIGCHLD, Signal::SIGALRM];
+
 /// The handler's end of the pipe; -1 until `Signals::install`.
 static WRITE_END: AtomicI32 = AtomicI32::new(-1);
+
+/// A blocking call is being waited on: handlers re-arm the kick timer.
+static WAITING: AtomicBool = AtomicBool::new(false);
+
+/// How soon after a signal the kick timer fires during a wait.
+const KICK: Duration = Duration::from_millis(1);
 
 /// Set in a byte when the kernel itself generated the signal (a terminal's Ctrl-C reaches the whole
 /// foreground process group, the child included, so it is not forwarded again).
@@ -44,6 +59,10 @@ extern "C" fn on_signal(signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
         // SAFETY: write(2) is async-signal-safe; the buffer is a live local. A full pipe drops
         // the byte, which is fine: a pending byte already wakes the reader.
         unsafe { libc::write(fd, (&raw const byte).cast(), 1) };
+    }
+    if WAITING.load(Ordering::Relaxed) {
+        // setitimer(2) is a plain system call: nothing here takes a lock or allocates.
+        arm_timer(KICK);
     }
     Errno::set_raw(saved);
 }
@@ -69,6 +88,8 @@ pub struct Woken {
     pub signals: Vec<Received>,
     /// A SIGCHLD arrived.
     pub child: bool,
+    /// The timer fired.
+    pub timer: bool,
     /// The extra descriptor became readable or hung up.
     pub ready: bool,
 }
@@ -82,17 +103,18 @@ impl Signals {
             fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         }
         WRITE_END.store(write.as_raw_fd(), Ordering::Relaxed);
+        // No SA_RESTART: a blocking lock call must return EINTR when a signal or the timer comes.
         let action = SigAction::new(
             SigHandler::SigAction(on_signal),
-            SaFlags::SA_SIGINFO | SaFlags::SA_RESTART,
+            SaFlags::SA_SIGINFO,
             SigSet::empty(),
         );
-        for signal in TERMINATING.into_iter().chain([Signal::SIGCHLD]) {
+        for signal in TERMINATING.into_iter().chain(OURS) {
             // SAFETY: the handler only calls async-signal-safe functions.
             let old = unsafe { sigaction(signal, &action) }?;
             // A signal the caller ignored (nohup, `cmd &` in a script) stays ignored for us and,
             // through exec, for the command. SIGCHLD is always ours: we wait for the child.
-            if signal != Signal::SIGCHLD && matches!(old.handler(), SigHandler::SigIgn) {
+            if !OURS.contains(&signal) && matches!(old.handler(), SigHandler::SigIgn) {
                 // SAFETY: restoring the disposition we found.
                 unsafe { sigaction(signal, &old) }?;
             }
@@ -147,6 +169,8 @@ impl Signals {
                         };
                         if signal == Signal::SIGCHLD {
                             woken.child = true;
+                        } else if signal == Signal::SIGALRM {
+                            woken.timer = true;
                         } else {
                             woken.signals.push(Received {
                                 signal,
@@ -166,7 +190,7 @@ impl Signals {
 /// async-signal-safe calls: for a forked child between fork and exec.
 pub fn restore_defaults() -> nix::Result<()> {
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for signal in TERMINATING.into_iter().chain([Signal::SIGCHLD]) {
+    for signal in TERMINATING.into_iter().chain(OURS) {
         // SAFETY: sigaction(2) is async-signal-safe; no handler of ours is installed after this.
         let old = unsafe { sigaction(signal, &default) }?;
         if matches!(old.handler(), SigHandler::SigIgn) {
@@ -181,4 +205,66 @@ pub fn restore_defaults() -> nix::Result<()> {
 #[must_use]
 pub fn deadline(after: Duration) -> Option<Instant> {
     Instant::now().checked_add(after)
+}
+
+/// Arm the process's one-shot real-time timer to fire `after` from now (zero disarms it).
+fn arm_timer(after: Duration) {
+    let value = libc::timeval {
+        tv_sec: after.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+        tv_usec: after.subsec_micros().into(),
+    };
+    // A zero duration that is not meant to disarm rounds up to a microsecond.
+    let value = if after.is_zero() || value.tv_sec != 0 || value.tv_usec != 0 {
+        value
+    } else {
+        libc::timeval {
+            tv_sec: 0,
+            tv_usec: 1,
+        }
+    };
+    let spec = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: value,
+    };
+    // SAFETY: setitimer(2) with valid pointers; a null old value is allowed.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &raw const spec, std::ptr::null_mut()) };
+}
+
+/// A blocking wait in progress: while it lives, every signal re-arms the kick timer. Dropping it
+/// disarms the timer.
+pub struct Waiting<'a> {
+    signals: &'a Signals,
+}
+
+impl Signals {
+    /// Start a blocking wait (see the module docs).
+    #[must_use]
+    pub fn waiting(&self) -> Waiting<'_> {
+        WAITING.store(true, Ordering::SeqCst);
+        Waiting { signals: self }
+    }
+}
+
+impl Waiting<'_> {
+    /// Before the next blocking call: the signals that arrived (drained from the pipe), and the
+    /// timer armed to fire at `at` (or disarmed for `None`).
+    pub fn prepare(&self, at: Option<Instant>) -> io::Result<Vec<Received>> {
+        let mut woken = Woken::default();
+        self.signals.drain(&mut woken)?;
+        match at {
+            Some(at) => arm_timer(at.saturating_duration_since(Instant::now()).max(KICK)),
+            None => arm_timer(Duration::ZERO),
+        }
+        Ok(woken.signals)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        WAITING.store(false, Ordering::SeqCst);
+        arm_timer(Duration::ZERO);
+    }
 }

@@ -1,17 +1,21 @@
 //! `status`: who holds the write lock, the prompt turns in order, other live wrappers, the fence
 //! state and anything found wrong; as text or as one JSON object with stable field names.
 //!
-//! It only reads: dead entries are reported, and reaped by the next wrapper that meets them.
+//! It only reads, and takes no lock: liveness comes from probing the lock file's byte-range
+//! locks, names from the slot table.
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::commit;
+use crate::commit::{self, KeepReason};
+use crate::coord::Activity;
+use crate::coord::files::layout::{self, Loaded, Slot};
+use crate::coord::files::lock::{self, Kind as LockKind, Range};
+use crate::coord::files::{describe_holder, live_slots};
 use crate::exit::Failure;
-use crate::fence::{Fingerprint, Tracker};
+use crate::fence::Fingerprint;
 use crate::key;
-use crate::queue::{Queue, Record};
 use crate::sidecar::{self, Sidecar};
 
 /// The whole report (`status --json` prints exactly this).
@@ -20,12 +24,15 @@ pub struct Report {
     pub session: String,
     pub sidecar: String,
     pub sidecar_exists: bool,
+    /// `v2` (this version's one lock file), `v1` (an older sidecar, upgraded by the next
+    /// wrapper) or `null` (no lock file yet).
+    pub layout: Option<&'static str>,
     pub file: FileView,
     pub lock: LockView,
     /// Prompt turns, first come first served.
     pub queue: Vec<TurnView>,
     /// Live wrappers holding no turn (`run`, `idle-wait`).
-    pub others: Vec<TurnView>,
+    pub others: Vec<OtherView>,
     pub fence: Option<FenceView>,
     /// Output not committed (and tails moved by `--repair`), oldest first.
     pub kept: Vec<KeptView>,
@@ -35,11 +42,9 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 pub struct KeptView {
     pub path: String,
-    pub ticket: Option<u64>,
-    /// `invalid`, `command-failed`, `takeover`, `write-failed`, `incomplete-session`,
-    /// `lock-timeout`, `fence-unreadable`, `not-committed`, `session-tail` (moved by `--repair`)
-    /// or `abandoned` (captured by a wrapper that died).
-    pub reason: String,
+    /// The turn it came from: `EPOCH.TICKET`, `MODE.PID`, or a capture's id.
+    pub label: Option<String>,
+    pub reason: Option<&'static str>,
     pub size: u64,
     pub modified_ms: u64,
 }
@@ -58,24 +63,53 @@ pub struct LockView {
 
 #[derive(Debug, Serialize)]
 pub struct HolderView {
-    pub pid: u32,
-    pub mode: String,
-    pub ticket: Option<u64>,
-    pub since_ms: u64,
-    pub held_ms: u64,
-    pub command: String,
+    /// `null` when the holder is unknown (a lock no wrapper recorded).
+    pub pid: Option<u32>,
+    /// `false` for a lock of another program (or of a wrapper of another user).
+    pub sessionlock: bool,
+    pub mode: Option<&'static str>,
+    pub ticket: Option<String>,
+    pub since_ms: Option<u64>,
+    pub held_ms: Option<u64>,
+    pub command: Option<String>,
+    /// Only a shared (read) lock, as a reader holding the lock file would take.
+    pub shared: bool,
+}
+
+/// A turn's place in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnState {
+    /// The first live turn: its window is open, or it is about to take or give back the lock.
+    Active,
+    /// Behind the active one.
+    Waiting,
 }
 
 #[derive(Debug, Serialize)]
 pub struct TurnView {
     pub ticket: u64,
+    pub epoch: u64,
+    /// `EPOCH.TICKET`, as the command sees it in `SESSIONLOCK_TICKET`.
+    pub label: String,
     pub pid: Option<u32>,
-    pub mode: Option<String>,
-    /// `active` (its turn now), `waiting`, or `dead` (its owner died; to be reaped).
-    pub state: &'static str,
+    pub mode: Option<&'static str>,
+    pub state: TurnState,
+    /// What it does now: `waiting`, `locked`, `window`, `running`.
+    pub activity: Option<Activity>,
     pub joined_ms: Option<u64>,
     pub age_ms: Option<u64>,
     pub command: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OtherView {
+    pub pid: u32,
+    pub mode: &'static str,
+    pub activity: Activity,
+    pub since_ms: u64,
+    pub age_ms: u64,
+    pub command: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,6 +119,14 @@ pub struct FenceView {
     pub outside_changes: u64,
     /// The file is still as last recorded (no outside change since anyone looked).
     pub in_sync: bool,
+    /// An append whose holder died before finishing it: the next holder rolls it back.
+    pub unfinished_commit: Option<IntentView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IntentView {
+    pub old_len: u64,
+    pub new_len: u64,
 }
 
 /// Print the status of `input` to stdout; exit 0 also when there is no sidecar yet.
@@ -105,11 +147,11 @@ pub fn collect(input: &Path) -> Result<Report, Failure> {
     let session = key.path();
     let fingerprint = Fingerprint::of(session)
         .map_err(|e| Failure::io("cannot read the session file", &e, session))?;
-    let located = Sidecar::locate(&key);
     let mut report = Report {
         session: session.to_string_lossy().into_owned(),
-        sidecar: located.dir().to_string_lossy().into_owned(),
+        sidecar: sidecar::locate(&key).to_string_lossy().into_owned(),
         sidecar_exists: false,
+        layout: None,
         file: FileView {
             exists: fingerprint.exists,
             size: fingerprint.size,
@@ -124,191 +166,207 @@ pub fn collect(input: &Path) -> Result<Report, Failure> {
         kept: Vec::new(),
         problems: Vec::new(),
     };
-    let Some(sidecar) = Sidecar::existing(&key)? else {
+    let Some(sidecar) = Sidecar::open(&key, false)? else {
         return Ok(report);
     };
     report.sidecar_exists = true;
-    let queue = Queue::new(&sidecar);
-    // Every ticket probe under the queue lock: none races with a ticket's creation or reaping.
-    queue.inspect(|turns, findings| {
-        if findings.unreadable_queue {
+    add_kept(&mut report, &sidecar);
+    let file = match sidecar.open_lock(false) {
+        Ok(file) => file,
+        Err(failure) if !sidecar.has(sidecar::LOCK) => {
+            drop(failure);
+            return Ok(report);
+        }
+        Err(failure) => return Err(failure),
+    };
+    let lock_path = sidecar.path(sidecar::LOCK);
+    let io = |e: std::io::Error| Failure::io("cannot read the lock file", &e, &lock_path);
+    // Locks first, names second: a wrapper names its turn in its slot before it locks it, so
+    // every lock seen here has its name in the table read after.
+    let turns = Range::span(layout::TICKETS, layout::TICKETS + layout::TICKET_CAP);
+    let turn_locks = lock::all_locked(&file, LockKind::Read, turns).map_err(io)?;
+    let write_lock =
+        lock::probe(&file, LockKind::Write, Range::byte(layout::WRITE_BYTE)).map_err(io)?;
+    let slots = live_slots(&file).map_err(io)?;
+    add_lock(&mut report, write_lock, &slots);
+    let mut head = vec![0u8; 768];
+    let got = std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).map_err(io)?;
+    head.truncate(got);
+    let epoch = match layout::load(&head) {
+        Loaded::Fresh => {
+            let v1 = ["queue", "tickets", "holder", "state"]
+                .iter()
+                .any(|n| sidecar.has(n));
+            report.layout = Some(if v1 { "v1" } else { "v2" });
+            if v1 {
+                report.problems.push(
+                    "an older sessionlock (v1) left this sidecar; the next wrapper upgrades it \
+                     when no older wrapper uses it"
+                        .into(),
+                );
+            }
+            None
+        }
+        Loaded::Damaged => {
+            report.layout = Some("v2");
             report.problems.push(
-                "the queue file is missing or unreadable; the next prompt rebuilds it from the \
-                 live tickets"
+                "the lock state is damaged; the next wrapper starts it afresh (windows open \
+                 now will end in a takeover)"
                     .into(),
             );
+            None
         }
-        if findings.missing_ticket_dir {
-            report
-                .problems
-                .push("the ticket directory is missing".into());
+        Loaded::Good { record, fell_back } => {
+            report.layout = Some("v2");
+            if fell_back {
+                report.problems.push(
+                    "the newer copy of the lock state is torn; the older one is in use".into(),
+                );
+            }
+            let state = record.state;
+            report.fence = Some(FenceView {
+                generation: state.generation,
+                outside_generation: state.outside_generation,
+                outside_changes: state.outside_changes,
+                in_sync: state.fingerprint == fingerprint,
+                unfinished_commit: record.intent.map(|i| IntentView {
+                    old_len: i.old_len,
+                    new_len: i.new_len,
+                }),
+            });
+            Some(record.epoch)
         }
-        add_tickets(&mut report, &queue, &turns.turns);
-        add_holder(&mut report, &sidecar, &queue);
-        add_kept(&mut report, &sidecar, &queue);
-    });
-    check_layout(&mut report, &sidecar);
-    if let Some(state) = Tracker::new(&sidecar, session).load() {
-        report.fence = Some(FenceView {
-            generation: state.generation,
-            outside_generation: state.outside_generation,
-            outside_changes: state.outside_changes,
-            in_sync: state.fingerprint == fingerprint,
-        });
-    }
+    };
+    add_turns(&mut report, turn_locks, &slots, epoch);
     Ok(report)
 }
 
-/// The queue in order, and the live wrappers holding no turn; dead ones become problems.
-fn add_tickets(report: &mut Report, queue: &Queue, turns: &[u64]) {
-    let view = |id: u64, record: Option<Record>, state: &'static str| TurnView {
-        ticket: id,
-        pid: record.as_ref().map(|r| r.pid),
-        mode: record.as_ref().map(|r| r.mode.clone()),
-        state,
-        joined_ms: record.as_ref().map(|r| r.joined_ms),
-        age_ms: record
-            .as_ref()
-            .map(|r| sidecar::now_ms().saturating_sub(r.joined_ms)),
-        command: record.map(|r| r.command),
+/// The write lock's holder: named by its slot, or unknown.
+fn add_lock(report: &mut Report, write_lock: Option<lock::Conflict>, slots: &[(u32, Slot)]) {
+    let Some(conflict) = write_lock else {
+        return;
     };
-    let mut active_seen = false;
-    for &id in turns {
-        let state = if !queue.is_alive(id) {
-            "dead"
-        } else if active_seen {
-            "waiting"
-        } else {
-            active_seen = true;
-            "active"
-        };
-        if state == "dead" {
-            report.problems.push(format!(
-                "turn {id} is dead (its owner died); the next prompt reaps it"
-            ));
-        }
-        report.queue.push(view(id, queue.read_record(id), state));
+    let slot = slots
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.write_since_ms != 0 && conflict.pid.is_none());
+    let now = sidecar::now_ms();
+    let holder = HolderView {
+        pid: conflict
+            .pid
+            .map(|p| p as u32)
+            .or_else(|| slot.map(|s| s.pid)),
+        sessionlock: slot.is_some(),
+        mode: slot.map(|s| s.mode.name()),
+        ticket: slot.and_then(|s| s.turn).map(|(e, t)| format!("{e}.{t}")),
+        since_ms: slot.map(|s| s.write_since_ms),
+        held_ms: slot.map(|s| now.saturating_sub(s.write_since_ms)),
+        command: slot.map(|s| s.command.clone()),
+        shared: conflict.kind == LockKind::Read,
+    };
+    if slot.is_none() {
+        report.problems.push(format!(
+            "the write lock is held by {}",
+            describe_holder(&conflict, None)
+        ));
     }
-    for id in queue.ticket_ids() {
-        if turns.contains(&id) {
+    report.lock = LockView {
+        held: true,
+        holder: Some(holder),
+    };
+}
+
+/// The queue in order (every live turn byte), and the live wrappers holding no turn.
+fn add_turns(
+    report: &mut Report,
+    turn_locks: Vec<lock::Conflict>,
+    slots: &[(u32, Slot)],
+    epoch: Option<u64>,
+) {
+    let now = sidecar::now_ms();
+    for conflict in turn_locks {
+        if conflict.pid.is_some() || conflict.range.len != 1 {
+            report.problems.push(format!(
+                "the turn range is locked by {}",
+                describe_holder(&conflict, None)
+            ));
             continue;
         }
-        let record = queue.read_record(id);
-        if queue.is_alive(id) {
-            // A prompt that has a ticket but has not joined yet is about to: not "other".
-            if record.as_ref().is_some_and(|r| r.mode != "prompt") {
-                report.others.push(view(id, record, "active"));
-            }
+        let ticket = conflict.range.start - layout::TICKETS;
+        let slot = slots
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| s.turn.is_some_and(|(_, t)| t == ticket));
+        let state = if report.queue.is_empty() {
+            TurnState::Active
         } else {
-            report
-                .problems
-                .push(format!("ticket {id} is stale (its owner died)"));
-        }
+            TurnState::Waiting
+        };
+        let epoch = slot
+            .and_then(|s| s.turn)
+            .map(|(e, _)| e)
+            .or(epoch)
+            .unwrap_or(0);
+        report.queue.push(TurnView {
+            ticket,
+            epoch,
+            label: format!("{epoch}.{ticket}"),
+            pid: slot.map(|s| s.pid),
+            mode: slot.map(|s| s.mode.name()),
+            state,
+            activity: slot.map(|s| s.phase),
+            joined_ms: slot.map(|s| s.start_ms),
+            age_ms: slot.map(|s| now.saturating_sub(s.start_ms)),
+            command: slot.map(|s| s.command.clone()),
+        });
     }
-}
-
-/// The write lock's holder, if its ticket proves it alive.
-fn add_holder(report: &mut Report, sidecar: &Sidecar, queue: &Queue) {
-    if let Some(holder) = sidecar.read_holder() {
-        let alive = holder.ticket.is_some_and(|t| queue.is_alive(t));
-        if alive {
-            report.lock = LockView {
-                held: true,
-                holder: Some(HolderView {
-                    held_ms: sidecar::now_ms().saturating_sub(holder.since_ms),
-                    pid: holder.pid,
-                    mode: holder.mode,
-                    ticket: holder.ticket,
-                    since_ms: holder.since_ms,
-                    command: holder.command,
-                }),
-            };
-        } else {
-            report.problems.push(format!(
-                "a stale holder record names pid {} ({}), which is gone",
-                holder.pid, holder.mode
-            ));
-        }
-    }
-}
-
-/// Anything in the sidecar that is not of the kind it should be (and will be refused).
-fn check_layout(report: &mut Report, sidecar: &Sidecar) {
-    let dirs = [crate::queue::TICKETS, commit::OUT, commit::KEPT];
-    let files = [
-        crate::sidecar::LOCK,
-        crate::sidecar::HOLDER,
-        crate::queue::QUEUE,
-        crate::queue::QUEUE_LOCK,
-        crate::fence::STATE,
-    ];
-    for (names, want_dir) in [(&dirs[..], true), (&files[..], false)] {
-        for name in names {
-            let Ok(meta) = std::fs::symlink_metadata(sidecar.path(name)) else {
-                continue;
-            };
-            let right = if want_dir {
-                meta.is_dir()
-            } else {
-                meta.is_file()
-            };
-            if !right {
-                let want = if want_dir {
-                    "a directory"
-                } else {
-                    "a regular file"
-                };
-                report.problems.push(format!(
-                    "{name} in the sidecar is not {want}; wrappers refuse to use it"
-                ));
-            }
-        }
+    for (_, slot) in slots.iter().filter(|(_, s)| s.turn.is_none()) {
+        report.others.push(OtherView {
+            pid: slot.pid,
+            mode: slot.mode.name(),
+            activity: slot.phase,
+            since_ms: slot.start_ms,
+            age_ms: now.saturating_sub(slot.start_ms),
+            command: slot.command.clone(),
+        });
     }
 }
 
 /// Output kept in `kept/`, and captures in `out/` whose wrapper died.
-fn add_kept(report: &mut Report, sidecar: &Sidecar, queue: &Queue) {
-    let list = |dir: &str| -> Vec<(String, std::fs::Metadata, std::path::PathBuf)> {
-        std::fs::read_dir(sidecar.path(dir))
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .filter_map(|e| {
-                        let meta = e.metadata().ok()?;
-                        let name = e.file_name().to_string_lossy().into_owned();
-                        meta.is_file().then(|| (name, meta, e.path()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+fn add_kept(report: &mut Report, sidecar: &Sidecar) {
     let modified = |m: &std::fs::Metadata| {
         m.modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as u64)
     };
-    for (name, meta, path) in list(commit::KEPT) {
-        let stem = name.split('.').next().unwrap_or_default();
-        let (ticket, reason) = stem.split_once('-').unwrap_or((stem, ""));
-        report.kept.push(KeptView {
-            path: path.to_string_lossy().into_owned(),
-            ticket: ticket.parse().ok(),
-            reason: reason.to_owned(),
-            size: meta.len(),
-            modified_ms: modified(&meta),
-        });
+    if let Ok(entries) = std::fs::read_dir(sidecar.path(commit::KEPT)) {
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let parsed = KeepReason::parse_name(&name);
+            report.kept.push(KeptView {
+                path: entry.path().to_string_lossy().into_owned(),
+                label: parsed.as_ref().map(|(l, _)| l.clone()),
+                reason: parsed.map(|(_, r)| r.as_str()),
+                size: meta.len(),
+                modified_ms: modified(&meta),
+            });
+        }
     }
-    for (ticket, path) in commit::captures(sidecar) {
+    for path in commit::abandoned(sidecar) {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        // An empty one is simply removed by the next wrapper: nothing to report.
-        if meta.is_file() && meta.len() > 0 && !queue.is_alive(ticket) {
+        // An empty one is simply removed by the next commit: nothing to report.
+        if meta.len() > 0 {
             report.kept.push(KeptView {
+                label: path.file_stem().map(|s| s.to_string_lossy().into_owned()),
                 path: path.to_string_lossy().into_owned(),
-                ticket: Some(ticket),
-                reason: "abandoned".into(),
+                reason: Some(KeepReason::Abandoned.as_str()),
                 size: meta.len(),
                 modified_ms: modified(&meta),
             });
@@ -337,19 +395,26 @@ fn render(r: &Report) -> String {
     }
     let _ = writeln!(out, "sidecar:    {}", r.sidecar);
     match &r.lock.holder {
-        Some(h) => {
+        Some(h) if h.sessionlock => {
             let ticket = h
                 .ticket
-                .map(|t| format!(", ticket {t}"))
+                .as_ref()
+                .map(|t| format!(", turn {t}"))
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
                 "write lock: held by pid {} ({}{ticket}) for {}: {}",
-                h.pid,
-                h.mode,
-                seconds(h.held_ms),
-                h.command
+                h.pid.unwrap_or(0),
+                h.mode.unwrap_or("?"),
+                seconds(h.held_ms.unwrap_or(0)),
+                h.command.as_deref().unwrap_or("?")
             );
+        }
+        Some(h) => {
+            let who = h
+                .pid
+                .map_or_else(|| "an unknown holder".to_owned(), |p| format!("pid {p}"));
+            let _ = writeln!(out, "write lock: held by {who} (not a sessionlock wrapper)");
         }
         None => {
             let _ = writeln!(out, "write lock: free");
@@ -362,9 +427,31 @@ fn render(r: &Report) -> String {
     if !r.others.is_empty() {
         let _ = writeln!(out, "others:     {} running without a turn", r.others.len());
         for t in &r.others {
-            let _ = writeln!(out, "  - {}", turn_line(t));
+            let _ = writeln!(
+                out,
+                "  - pid {:<8} {:<10} {:<8} {:>6}  {}",
+                t.pid,
+                t.mode,
+                activity_name(Some(t.activity)),
+                seconds(t.age_ms),
+                t.command
+            );
         }
     }
+    render_fence_and_kept(r, &mut out);
+    if r.problems.is_empty() {
+        let _ = writeln!(out, "problems:   none");
+    } else {
+        for p in &r.problems {
+            let _ = writeln!(out, "problem:    {p}");
+        }
+    }
+    out
+}
+
+/// The fence and kept-output lines of the text form.
+fn render_fence_and_kept(r: &Report, out: &mut String) {
+    use std::fmt::Write;
     match &r.fence {
         Some(f) => {
             let outside = if f.outside_changes == 0 {
@@ -385,6 +472,13 @@ fn render(r: &Report) -> String {
                 "fence:      generation {}; {outside}; {sync}",
                 f.generation
             );
+            if let Some(i) = &f.unfinished_commit {
+                let _ = writeln!(
+                    out,
+                    "commit:     unfinished ({} -> {} bytes); the next holder rolls it back",
+                    i.old_len, i.new_len
+                );
+            }
         }
         None => {
             let _ = writeln!(out, "fence:      no state recorded yet");
@@ -393,29 +487,40 @@ fn render(r: &Report) -> String {
     if !r.kept.is_empty() {
         let _ = writeln!(out, "kept:       {} output(s) not committed", r.kept.len());
         for k in &r.kept {
-            let _ = writeln!(out, "  - {} ({}, {} bytes)", k.path, k.reason, k.size);
+            let _ = writeln!(
+                out,
+                "  - {} ({}, {} bytes)",
+                k.path,
+                k.reason.unwrap_or("?"),
+                k.size
+            );
         }
     }
-    if r.problems.is_empty() {
-        let _ = writeln!(out, "problems:   none");
-    } else {
-        for p in &r.problems {
-            let _ = writeln!(out, "problem:    {p}");
-        }
-    }
-    out
 }
 
 fn turn_line(t: &TurnView) -> String {
     format!(
-        "ticket {:<5} pid {:<8} {:<10} {:<8} {:>6}  {}",
-        t.ticket,
+        "turn {:<8} pid {:<8} {:<8} {:<8} {:>6}  {}",
+        t.label,
         t.pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
-        t.mode.as_deref().unwrap_or("?"),
-        t.state,
+        match t.state {
+            TurnState::Active => "active",
+            TurnState::Waiting => "waiting",
+        },
+        activity_name(t.activity),
         t.age_ms.map_or_else(|| "?".to_owned(), seconds),
-        t.command.as_deref().unwrap_or("?")
+        t.command.as_deref().unwrap_or("(unknown holder)")
     )
+}
+
+fn activity_name(a: Option<Activity>) -> &'static str {
+    match a {
+        Some(Activity::Waiting) => "waiting",
+        Some(Activity::Locked) => "locked",
+        Some(Activity::Window) => "window",
+        Some(Activity::Running) => "running",
+        None => "?",
+    }
 }
 
 fn seconds(ms: u64) -> String {

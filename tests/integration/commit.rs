@@ -378,7 +378,7 @@ fn a_hundred_waiters_queued_at_once_commit_every_reply_once_in_turn_order() {
                     "--",
                     "sh",
                     "-c",
-                    "echo \"{\\\"ticket\\\":$SESSIONLOCK_TICKET}\"",
+                    "echo \"{\\\"ticket\\\":\\\"$SESSIONLOCK_TICKET\\\"}\"",
                 ],
             )
         })
@@ -399,9 +399,12 @@ fn a_hundred_waiters_queued_at_once_commit_every_reply_once_in_turn_order() {
         .read("s.jsonl")
         .lines()
         .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["ticket"]
-                .as_u64()
+            // `EPOCH.TICKET`: one epoch here, so the ticket orders them.
+            let label = serde_json::from_str::<serde_json::Value>(l).unwrap()["ticket"]
+                .as_str()
                 .unwrap()
+                .to_owned();
+            label.split_once('.').unwrap().1.parse().unwrap()
         })
         .collect();
     let queued: Vec<u64> = queue[1..].iter().map(|q| q.0).collect();
@@ -410,23 +413,31 @@ fn a_hundred_waiters_queued_at_once_commit_every_reply_once_in_turn_order() {
 }
 
 #[test]
-fn a_commit_whose_state_cannot_be_recorded_still_succeeds_with_a_warning() {
+fn a_commit_whose_publication_fails_is_rolled_back_and_its_output_kept() {
     let sandbox = Sandbox::new();
     fs::write(sandbox.path("s.jsonl"), SEED).unwrap();
-    // The command blocks the wrapper's (its parent's) temporary state file with a directory.
-    let script = "echo '{\"r\":1}'; mkdir \"$(dirname \"$SESSIONLOCK_SESSION\")/.s.jsonl.sessionlock/.state.$PPID.tmp\"";
-    let out = sandbox
-        .cmd(["prompt", "--append", "s.jsonl", "--", "sh", "-c", script])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("warning: the change was made but not recorded"),
-        "{stderr}"
-    );
-    assert_eq!(sandbox.read("s.jsonl"), format!("{SEED}{{\"r\":1}}\n"));
+    // State writes of a `prompt --append` on a fresh sidecar: the join (1), the commit intent
+    // (2), the publication (3). Failing the third fails after the append: it must be undone.
+    for (n, what) in [(2, "cannot write the lock state"), (3, "rolled back")] {
+        let out = sandbox
+            .cmd(["prompt", "--append", "s.jsonl", "--", "echo", "{\"r\":1}"])
+            .env("SESSIONLOCK_FAULT", format!("state-write:{n}"))
+            .assert()
+            .code(74)
+            .get_output()
+            .clone();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(what), "{stderr}");
+        assert_eq!(
+            sandbox.read("s.jsonl"),
+            SEED,
+            "the failed turn left its reply"
+        );
+        assert!(stderr.contains("output kept in"), "{stderr}");
+        sandbox.assert_no_trace("s.jsonl");
+        fs::remove_dir_all(sandbox.path(".s.jsonl.sessionlock")).unwrap();
+    }
 }
 
 #[test]

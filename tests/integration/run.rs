@@ -493,7 +493,7 @@ fn a_planted_symlink_inside_the_sidecar_is_not_followed() {
         .cmd(["run", "s.jsonl", "--", "touch", "ran"])
         .assert()
         .code(74)
-        .stderr(predicate::str::contains("cannot open the write lock"));
+        .stderr(predicate::str::contains("cannot open the lock file"));
     assert!(!sandbox.path("victim").exists() && !sandbox.path("ran").exists());
 }
 
