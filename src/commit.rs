@@ -22,7 +22,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use crate::coord::files::layout::checksum;
 use crate::coord::files::lock::{self, Kind as LockKind, Range};
 use crate::exit::{self, Failure, Kind};
-use crate::sidecar::Sidecar;
+use crate::sidecar::{Modes, Sidecar};
 
 /// Captured output while the child runs.
 pub const OUT: &str = "out";
@@ -144,6 +144,7 @@ pub struct Capture {
     /// over the capture cannot inject lines.
     file: File,
     kept_dir: PathBuf,
+    modes: Modes,
     label: String,
     tee: Option<Tee>,
     resolved: bool,
@@ -194,6 +195,7 @@ impl Capture {
                 path,
                 file,
                 kept_dir: sidecar.path(KEPT),
+                modes: sidecar.modes(),
                 label: label.to_owned(),
                 tee,
                 resolved: false,
@@ -269,7 +271,14 @@ impl Capture {
         self.resolved = true;
         let _ = self.finish();
         let empty = self.file.metadata().map_or(true, |m| m.len() == 0);
-        keep_file(&self.path, empty, &self.kept_dir, &self.label, reason)
+        keep_file(
+            &self.path,
+            empty,
+            &self.kept_dir,
+            self.modes,
+            &self.label,
+            reason,
+        )
     }
 }
 
@@ -672,7 +681,14 @@ fn adopt(sidecar: &Sidecar, path: &Path, reason: KeepReason) -> Option<PathBuf> 
         return None;
     }
     let stem = path.file_stem()?.to_string_lossy().into_owned();
-    keep_file(path, meta.len() == 0, &sidecar.path(KEPT), &stem, reason)
+    keep_file(
+        path,
+        meta.len() == 0,
+        &sidecar.path(KEPT),
+        sidecar.modes(),
+        &stem,
+        reason,
+    )
 }
 
 /// Captures in `out/` whose wrapper (and command) are gone: nobody holds their lock.
@@ -763,6 +779,7 @@ fn keep_file(
     path: &Path,
     empty: bool,
     kept_dir: &Path,
+    modes: Modes,
     label: &str,
     reason: KeepReason,
 ) -> Option<PathBuf> {
@@ -771,24 +788,10 @@ fn keep_file(
         return None;
     }
     let stem = format!("{label}-{}", reason.as_str());
-    let kept = ensure_kept_dir(kept_dir)
+    let kept = crate::sidecar::ensure_dir(kept_dir, modes)
         .ok()
         .and_then(|()| link_unclobbered(path, kept_dir, &stem, "jsonl").ok());
     Some(kept.unwrap_or_else(|| path.to_owned()))
-}
-
-/// `kept/` exists (it is created with the sidecar's modes by `Sidecar::subdir` before any
-/// capture starts; here it only has to be there).
-fn ensure_kept_dir(dir: &Path) -> io::Result<()> {
-    match fs::create_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
-    if fs::symlink_metadata(dir)?.is_dir() {
-        Ok(())
-    } else {
-        Err(io::Error::other("kept/ is not a directory"))
-    }
 }
 
 /// The names a kept file may get: `<stem>.<ext>`, `<stem>.2.<ext>`, ...

@@ -1,7 +1,9 @@
 //! Fault injection for tests: in debug builds, `SESSIONLOCK_FAULT=OP:N` makes the `N`th fallible
 //! operation named `OP` (or any operation, for `*`) fail with `EIO`, as `SQLite`'s tests fail its
-//! I/O. Release builds compile every check away. Operations: `lock` (fcntl), `state-read`,
-//! `state-write`, `session-write`, `session-sync`, `sidecar` (opens and creates).
+//! I/O. Release builds compile every check away. Operations: `lock` (taking or dropping a
+//! byte-range lock), `probe` (asking who holds one), `state-read`, `state-write`, `state-sync`,
+//! `session-open`, `session-write`, `session-sync`, `session-truncate`, `sidecar` (opens and
+//! creates).
 
 use std::io;
 

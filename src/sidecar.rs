@@ -263,35 +263,7 @@ impl Sidecar {
     /// a file, or a directory a stranger owns in its place is refused.
     pub fn subdir(&self, name: &str) -> Result<PathBuf, Failure> {
         let path = self.path(name);
-        let made = nix::unistd::mkdir(&path, Mode::from_bits_truncate(0o700));
-        let fd = nix::fcntl::open(
-            &path,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| {
-            let err = io::Error::from(e);
-            let err = if matches!(e, nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) {
-                io::Error::new(
-                    err.kind(),
-                    "it is not a directory (a symlink or a file); refusing to use it",
-                )
-            } else {
-                err
-            };
-            io_failure("cannot use a sidecar directory", &err, &path)
-        })?;
-        if made.is_ok() {
-            self.modes
-                .apply(&fd, self.modes.dir)
-                .map_err(|e| io_failure("cannot set a directory's mode", &e, &path))?;
-        } else {
-            let st = nix::sys::stat::fstat(&fd)
-                .map_err(|e| io_failure("cannot inspect a sidecar directory", &e.into(), &path))?;
-            if !self.modes.trusts(st.st_uid) {
-                return Err(untrusted("a sidecar directory", st.st_uid, &path));
-            }
-        }
+        ensure_dir(&path, self.modes)?;
         Ok(path)
     }
 
@@ -307,6 +279,41 @@ impl Sidecar {
         self.modes.apply(&fd, self.modes.file)?;
         Ok(File::from(fd))
     }
+}
+
+/// A directory at `path`, created with `modes` if missing; a symlink, a file, or a directory a
+/// stranger owns in its place is refused.
+pub fn ensure_dir(path: &Path, modes: Modes) -> Result<(), Failure> {
+    let made = nix::unistd::mkdir(path, Mode::from_bits_truncate(0o700));
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        let err = io::Error::from(e);
+        let err = if matches!(e, nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) {
+            io::Error::new(
+                err.kind(),
+                "it is not a directory (a symlink or a file); refusing to use it",
+            )
+        } else {
+            err
+        };
+        io_failure("cannot use a sidecar directory", &err, path)
+    })?;
+    if made.is_ok() {
+        modes
+            .apply(&fd, modes.dir)
+            .map_err(|e| io_failure("cannot set a directory's mode", &e, path))?;
+    } else {
+        let st = nix::sys::stat::fstat(&fd)
+            .map_err(|e| io_failure("cannot inspect a sidecar directory", &e.into(), path))?;
+        if !modes.trusts(st.st_uid) {
+            return Err(untrusted("a sidecar directory", st.st_uid, path));
+        }
+    }
+    Ok(())
 }
 
 fn untrusted(what: &str, uid: u32, path: &Path) -> Failure {

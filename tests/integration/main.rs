@@ -2,6 +2,7 @@
 
 mod commit;
 mod docs;
+mod holes;
 mod prompt;
 mod run;
 mod support;

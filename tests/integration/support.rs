@@ -336,3 +336,89 @@ impl Sandbox {
         assert_eq!(status["problems"], serde_json::json!([]), "{status:#}");
     }
 }
+
+/// The sidecar's lock file of `session` in `sandbox`.
+pub fn lock_file(sandbox: &Sandbox, session: &str) -> PathBuf {
+    sandbox.path(format!(".{session}.sessionlock/lock"))
+}
+
+/// FNV-1a 64, the lock file's record checksum (as `layout::checksum`).
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// Fields of the state record, as 64-bit words (see `coord/files/layout.rs`).
+pub mod field {
+    pub const EPOCH: usize = 1;
+    pub const NEXT_TICKET: usize = 2;
+    pub const GENERATION: usize = 4;
+    pub const OUTSIDE_GENERATION: usize = 5;
+}
+
+/// Forge the lock state as a hostile or unlucky history would leave it: take the current
+/// record, let `change` set words in it, and write it as the newer copy with a valid checksum.
+pub fn forge_state(sandbox: &Sandbox, session: &str, change: impl FnOnce(&mut [u64; 31])) {
+    use std::os::unix::fs::FileExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(lock_file(sandbox, session))
+        .unwrap();
+    let mut head = [0u8; 768];
+    file.read_exact_at(&mut head, 0).unwrap();
+    let copy = |i: usize| &head[256 * (i + 1)..256 * (i + 2)];
+    let valid = |c: &[u8]| c[248..] == fnv(&c[..248]).to_le_bytes();
+    let words = |c: &[u8]| -> [u64; 31] {
+        std::array::from_fn(|i| u64::from_le_bytes(c[i * 8..i * 8 + 8].try_into().unwrap()))
+    };
+    let current = [0, 1]
+        .into_iter()
+        .filter(|&i| valid(copy(i)))
+        .map(|i| words(copy(i)))
+        .max_by_key(|w| w[0])
+        .expect("a valid state record");
+    let mut next = current;
+    change(&mut next);
+    next[0] = current[0] + 1;
+    let mut bytes = [0u8; 256];
+    for (i, w) in next.iter().enumerate() {
+        bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    let sum = fnv(&bytes[..248]);
+    bytes[248..].copy_from_slice(&sum.to_le_bytes());
+    let at = 256 * (1 + (next[0] % 2));
+    file.write_all_at(&bytes, at).unwrap();
+}
+
+/// A byte-range lock held by this test process on `path`, as another program would hold it:
+/// an OFD lock (`ofd`, no pid to report) or a classic POSIX one (our pid). Dropped with the file.
+pub fn hold_lock(path: &Path, write: bool, ofd: bool, start: i64, len: i64) -> fs::File {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .unwrap();
+    // SAFETY: a plain C struct; all-zero is valid.
+    let mut fl: nix::libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if write {
+        nix::libc::F_WRLCK
+    } else {
+        nix::libc::F_RDLCK
+    } as i16;
+    fl.l_whence = nix::libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    let arg = if ofd {
+        FcntlArg::F_OFD_SETLK(&fl)
+    } else {
+        FcntlArg::F_SETLK(&fl)
+    };
+    fcntl(&file, arg).expect("take the lock");
+    file
+}

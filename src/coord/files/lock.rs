@@ -95,7 +95,7 @@ fn flock(kind: Option<Kind>, range: Range) -> libc::flock {
 }
 
 fn fcntl(file: &File, cmd: libc::c_int, fl: &mut libc::flock) -> io::Result<()> {
-    crate::fault::check("lock")?;
+    crate::fault::check(if cmd == cmd::GET { "probe" } else { "lock" })?;
     // SAFETY: fcntl(2) with a lock command and a valid, live `flock`.
     let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, std::ptr::from_mut(fl)) };
     if rc == -1 {
