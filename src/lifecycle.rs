@@ -410,3 +410,205 @@ fn run_child(ctx: &Ctx<'_>, label: &str, stdout: Option<Stdio>) -> Result<Ran, F
         signal: ended.status.signal(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The lifecycles against an in-memory coordinator that fails at a chosen step: whatever
+    //! fails, no turn and no lock is left behind.
+
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::commit::Intent;
+    use crate::config::{Commit, Verbosity};
+    use crate::fence::{Fence, Fingerprint, State};
+
+    /// The fake's bookkeeping, shared with the guards it hands out.
+    #[derive(Default)]
+    struct Book {
+        /// How many calls so far; the call numbered `fail_at` fails.
+        calls: Cell<usize>,
+        fail_at: Cell<usize>,
+        live_tickets: Cell<i32>,
+        locks_held: Cell<i32>,
+        waited: Cell<bool>,
+        log: RefCell<Vec<&'static str>>,
+    }
+
+    struct Fake {
+        book: Rc<Book>,
+        session: std::path::PathBuf,
+    }
+
+    struct Guard(Rc<Book>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.locks_held.set(self.0.locks_held.get() - 1);
+        }
+    }
+
+    struct Ticket(Rc<Book>);
+    impl Drop for Ticket {
+        fn drop(&mut self) {
+            self.0.live_tickets.set(self.0.live_tickets.get() - 1);
+        }
+    }
+
+    impl Fake {
+        fn step(&self, name: &'static str) -> Result<(), Failure> {
+            let n = self.book.calls.get() + 1;
+            self.book.calls.set(n);
+            self.book.log.borrow_mut().push(name);
+            if n == self.book.fail_at.get() {
+                Err(Failure::new(
+                    Kind::Io,
+                    format!("{name} failed"),
+                    &self.session,
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl Coordinator for Fake {
+        type Ticket = Ticket;
+        type WriteLock = Guard;
+        type Ahead = ();
+
+        fn write_lock(&self, _: Option<&Ticket>, _: Phase) -> Result<Guard, Failure> {
+            self.step("write_lock")?;
+            assert_eq!(self.book.locks_held.get(), 0, "the write lock taken twice");
+            self.book.locks_held.set(1);
+            Ok(Guard(self.book.clone()))
+        }
+        fn issue(&self, _: &Guard) -> Result<Ticket, Failure> {
+            self.step("issue")?;
+            self.book.live_tickets.set(self.book.live_tickets.get() + 1);
+            Ok(Ticket(self.book.clone()))
+        }
+        fn label(_: &Ticket) -> String {
+            "1.0".into()
+        }
+        fn join(&self, _: &Guard, _: &mut Ticket) -> Result<(), Failure> {
+            self.step("join")
+        }
+        fn ahead(&self, _: &Ticket) -> Result<Option<()>, Failure> {
+            self.step("ahead")?;
+            Ok((!self.book.waited.replace(true)).then_some(()))
+        }
+        fn wait_turn(&self, (): (), _: Option<Instant>) -> Result<TurnWait, Failure> {
+            self.step("wait_turn")?;
+            assert_eq!(
+                self.book.locks_held.get(),
+                0,
+                "waited for a turn holding the lock"
+            );
+            Ok(TurnWait::Ended)
+        }
+        fn activity(&self, _: &Ticket, _: Activity) {}
+        fn observe(&self, _: &Guard) -> Result<State, Failure> {
+            self.step("observe")?;
+            Ok(State::default())
+        }
+        fn fence(&self, _: &Guard) -> Result<Fence, Failure> {
+            self.step("fence")?;
+            Ok(State::default().fence())
+        }
+        fn check(&self, _: &Guard, _: &Fence) -> Result<Verdict, Failure> {
+            self.step("check")?;
+            Ok(Verdict::Clean)
+        }
+        fn record_intent(&self, _: &Guard, _: &Intent) -> Result<(), Failure> {
+            self.step("record_intent")
+        }
+        fn publish_owned(&self, _: &Guard) -> Result<State, Failure> {
+            self.step("publish_owned")?;
+            let _ = Fingerprint::default();
+            Ok(State::default())
+        }
+        fn clear_intent(&self, _: &Guard) -> Result<(), Failure> {
+            self.step("clear_intent")
+        }
+        fn leave(&self, ticket: Ticket) -> Result<(), Failure> {
+            drop(ticket);
+            self.step("leave")
+        }
+    }
+
+    fn config(dir: &std::path::Path, mode: Mode, append: bool) -> Config {
+        Config {
+            mode,
+            key: crate::key::resolve(&dir.join("s.jsonl")).unwrap(),
+            argv: vec!["sh".into(), "-c".into(), "echo '{\"r\":1}'".into()],
+            lock_timeout: Duration::from_secs(5),
+            conflict_code: 75,
+            verbosity: Verbosity::Quiet,
+            turn_timeout: Duration::from_secs(5),
+            strict: false,
+            max_hold: None,
+            commit: append.then_some(Commit {
+                tee: false,
+                repair: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn every_failure_at_every_step_leaves_no_turn_and_no_lock_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let signals = Signals::install().unwrap();
+        for mode in [Mode::Run, Mode::Prompt, Mode::IdleWait] {
+            for append in [false, true] {
+                let config = config(dir.path(), mode, append);
+                let sidecar = Sidecar::open(&config.key, true).unwrap().unwrap();
+                let ctx = Ctx {
+                    config: &config,
+                    sidecar: &sidecar,
+                    signals: &signals,
+                };
+                // A clean run first: how many steps there are.
+                let fake = Fake {
+                    book: Rc::default(),
+                    session: config.key.path().to_owned(),
+                };
+                assert_eq!(run_mode(&fake, &ctx).unwrap(), 0, "{mode:?}");
+                let steps = fake.book.calls.get();
+                let last_publish = fake
+                    .book
+                    .log
+                    .borrow()
+                    .iter()
+                    .rposition(|s| *s == "publish_owned")
+                    .map_or(0, |i| i + 1);
+                assert!(steps > 3, "{mode:?}: {:?}", fake.book.log.borrow());
+                for fail_at in 1..=steps {
+                    let fake = Fake {
+                        book: Rc::default(),
+                        session: config.key.path().to_owned(),
+                    };
+                    fake.book.fail_at.set(fail_at);
+                    let outcome = run_mode(&fake, &ctx);
+                    let failed = fake.book.log.borrow()[fail_at - 1];
+                    let what = format!("{mode:?} append={append} failing {failed}");
+                    assert_eq!(
+                        fake.book.live_tickets.get(),
+                        0,
+                        "{what}: a turn left behind"
+                    );
+                    assert_eq!(fake.book.locks_held.get(), 0, "{what}: the lock left held");
+                    // Leaving, and recording a `run` command's own change (it is made and
+                    // cannot be undone), are warnings; every other failure fails the run.
+                    let warning = failed == "leave"
+                        || (mode == Mode::Run
+                            && failed == "publish_owned"
+                            && fail_at == last_publish);
+                    assert_eq!(outcome.is_err(), !warning, "{what}");
+                }
+                let _ = std::fs::remove_file(config.key.path());
+            }
+        }
+    }
+}

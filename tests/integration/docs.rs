@@ -40,6 +40,22 @@ fn committed_completions_and_man_pages_match_the_cli() {
 }
 
 #[test]
+fn the_readme_exit_status_table_is_the_one_the_binary_renders() {
+    let sandbox = Sandbox::new();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let committed = fs::read_to_string(repo.join("README.md")).unwrap();
+    fs::create_dir(sandbox.path("gen")).unwrap();
+    fs::write(sandbox.path("gen/README.md"), &committed).unwrap();
+    sandbox.cmd(["generate-docs", "gen"]).assert().success();
+    let generated = fs::read_to_string(sandbox.path("gen/README.md")).unwrap();
+    assert!(generated.contains("| 76 | takeover"), "no table rendered");
+    assert!(
+        generated == committed,
+        "README.md's exit-status table drifted: run `cargo run -- generate-docs .` and commit"
+    );
+}
+
+#[test]
 fn help_and_version_go_to_stdout_with_status_0() {
     let sandbox = Sandbox::new();
     sandbox

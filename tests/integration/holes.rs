@@ -639,3 +639,25 @@ fn a_v1_sidecar_is_upgraded_in_place_or_refused_while_an_old_wrapper_holds_it() 
     assert_eq!(status["kept"].as_array().unwrap().len(), 1);
     sandbox.assert_no_trace("s.jsonl");
 }
+
+#[test]
+fn a_reacquire_timeout_with_a_custom_conflict_code_keeps_the_output_as_a_lock_timeout() {
+    let sandbox = Sandbox::new();
+    let gate = sandbox.path("gate.sh").display().to_string();
+    let script = format!("echo '{{\"r\":1}}'; sh {gate} P >&2");
+    let mut p = sandbox.spawn(
+        "P",
+        [
+            "prompt", "-E", "200", "-t", "300ms", "--append", "s.jsonl", "--", "sh", "-c", &script,
+        ],
+    );
+    sandbox.wait_entered("P");
+    let mut r = sandbox.spawn("R", sandbox.gated("run", "s.jsonl", "R", &[]));
+    sandbox.wait_entered("R");
+    sandbox.open("P");
+    assert_eq!(p.wait_code(), 200, "{}", p.stderr());
+    let status = sandbox.status("s.jsonl");
+    assert_eq!(status["kept"][0]["reason"], "lock-timeout", "{status:#}");
+    sandbox.open("R");
+    assert_eq!(r.wait_code(), 0);
+}
