@@ -270,6 +270,8 @@ fn commit_output<C: Coordinator>(
         }
     };
     if let Err(failure) = c.record_intent(lock, &pending.intent) {
+        // Nothing was written; an intent that did get recorded names nothing to roll back.
+        let _ = c.clear_intent(lock);
         return Err(keeping(failure, Some(capture), KeepReason::WriteFailed));
     }
     let written = match pending.write() {

@@ -2,7 +2,10 @@
 
 mod commit;
 mod docs;
+mod faults;
 mod holes;
+mod hostile;
 mod prompt;
 mod run;
+mod stress;
 mod support;
