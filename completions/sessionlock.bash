@@ -16,9 +16,6 @@ _sessionlock() {
             ",$1")
                 cmd="sessionlock"
                 ;;
-            sessionlock,generate-docs)
-                cmd="sessionlock__subcmd__generate__subcmd__docs"
-                ;;
             sessionlock,idle-wait)
                 cmd="sessionlock__subcmd__idle__subcmd__wait"
                 ;;
@@ -38,7 +35,7 @@ _sessionlock() {
 
     case "${cmd}" in
         sessionlock)
-            opts="-h -V --help --version run prompt idle-wait status generate-docs"
+            opts="-h -V --help --version run prompt idle-wait status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -51,22 +48,8 @@ _sessionlock() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        sessionlock__subcmd__generate__subcmd__docs)
-            opts="-h -V --help --version"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
         sessionlock__subcmd__idle__subcmd__wait)
-            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --max-hold --grace --quiet --verbose --strict --append --tee --repair --help --version"
+            opts="-w -t -n -E -q -v -h -V --wait --timeout --nonblock --conflict-exit-code --max-hold --kill-after --grace --quiet --verbose --events-file --events-fd --strict --append --tee --repair --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -76,7 +59,15 @@ _sessionlock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -w)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -93,6 +84,29 @@ _sessionlock() {
                     return 0
                     ;;
                 --grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kill-after)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --events-file)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --events-fd)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -104,7 +118,7 @@ _sessionlock() {
             return 0
             ;;
         sessionlock__subcmd__prompt)
-            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --max-hold --grace --quiet --verbose --turn-timeout --strict --append --tee --repair --help --version"
+            opts="-w -t -n -E -q -v -h -V --wait --timeout --nonblock --conflict-exit-code --max-hold --kill-after --grace --quiet --verbose --events-file --events-fd --turn-timeout --strict --append --tee --repair --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -114,7 +128,15 @@ _sessionlock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -w)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -131,6 +153,29 @@ _sessionlock() {
                     return 0
                     ;;
                 --grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kill-after)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --events-file)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --events-fd)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -146,7 +191,7 @@ _sessionlock() {
             return 0
             ;;
         sessionlock__subcmd__run)
-            opts="-t -n -E -q -v -h -V --timeout --nonblock --conflict-exit-code --max-hold --grace --quiet --verbose --append --tee --repair --help --version"
+            opts="-w -t -n -E -q -v -h -V --wait --timeout --nonblock --conflict-exit-code --max-hold --kill-after --grace --quiet --verbose --events-file --events-fd --turn --turn-timeout --append --tee --repair --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -156,7 +201,15 @@ _sessionlock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -w)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -173,6 +226,33 @@ _sessionlock() {
                     return 0
                     ;;
                 --grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kill-after)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --events-file)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --events-fd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

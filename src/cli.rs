@@ -38,9 +38,25 @@ pub const FILES: &[(&str, &str)] = &[
 
 /// The environment, for `--help` and the man page's ENVIRONMENT.
 pub const ENVIRONMENT: &[(&str, &str)] = &[
-    ("SESSIONLOCK_TIMEOUT", "the default of --timeout"),
+    ("SESSIONLOCK_TIMEOUT", "the default of --timeout (-t, -w)"),
+    ("SESSIONLOCK_NONBLOCK", "--nonblock when set to 1 or true"),
+    (
+        "SESSIONLOCK_CONFLICT_EXIT_CODE",
+        "the default of --conflict-exit-code (-E)",
+    ),
     ("SESSIONLOCK_TURN_TIMEOUT", "the default of --turn-timeout"),
+    ("SESSIONLOCK_TURN", "run --turn when set to 1 or true"),
     ("SESSIONLOCK_MAX_HOLD", "the default of --max-hold"),
+    ("SESSIONLOCK_GRACE", "the default of --grace (--kill-after)"),
+    ("SESSIONLOCK_QUIET", "--quiet when set to 1 or true"),
+    ("SESSIONLOCK_VERBOSE", "--verbose when set to 1 or true"),
+    ("SESSIONLOCK_EVENTS_FILE", "the default of --events-file"),
+    ("SESSIONLOCK_EVENTS_FD", "the default of --events-fd"),
+    ("SESSIONLOCK_APPEND", "--append when set to 1 or true"),
+    ("SESSIONLOCK_TEE", "--tee when set to 1 or true"),
+    ("SESSIONLOCK_REPAIR", "--repair when set to 1 or true"),
+    ("SESSIONLOCK_STRICT", "--strict when set to 1 or true"),
+    ("SESSIONLOCK_JSON", "status --json when set to 1 or true"),
     (
         "SESSIONLOCK_SESSION",
         "given to the command: the canonical session path",
@@ -50,9 +66,14 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "given to the command: run, prompt or idle-wait",
     ),
     (
+        "SESSIONLOCK_PID",
+        "given to the command: the wrapper's pid (a nested call on the same session that \
+         would wait for this wrapper fails at once)",
+    ),
+    (
         "SESSIONLOCK_TICKET",
-        "given to the command in prompt mode: its turn as EPOCH.TICKET, unique while the lock \
-         file lives, and ordered like the turns",
+        "given to the command when it holds a turn (prompt, run --turn): its turn as \
+         EPOCH.TICKET, unique while the lock file lives, and ordered like the turns",
     ),
 ];
 
@@ -111,21 +132,18 @@ pub enum Command {
     IdleWait(IdleWaitArgs),
     /// Show who holds the write lock, the queue of prompt turns and the fence state
     Status(StatusArgs),
-    /// Write the shell completions and man pages into a directory (for packagers and the docs check)
-    #[command(hide = true, name = "generate-docs")]
-    GenerateDocs {
-        /// Directory that gets `completions/` and `man/`
-        dir: PathBuf,
-    },
 }
 
 /// Options of every mode that takes the write lock.
 #[derive(Args, Debug, Clone)]
 pub struct LockOpts {
-    /// Give up on the write lock after this long (e.g. 500ms, 30s, 5m)
+    /// Give up on the write lock after this long (e.g. 500ms, 30s, 5m; a bare number is seconds,
+    /// as in flock -w)
     #[arg(
         short = 't',
         long,
+        visible_short_alias = 'w',
+        visible_alias = "wait",
         value_name = "DURATION",
         default_value = "60s",
         env = "SESSIONLOCK_TIMEOUT",
@@ -133,12 +151,18 @@ pub struct LockOpts {
     )]
     pub timeout: Duration,
 
-    /// Give up at once if the write lock is busy
-    #[arg(short = 'n', long)]
+    /// Give up at once if the write lock (or, for prompt, the turn) is busy
+    #[arg(short = 'n', long, env = "SESSIONLOCK_NONBLOCK")]
     pub nonblock: bool,
 
     /// Exit status when the lock (or turn) is busy or not obtained in time
-    #[arg(short = 'E', long, value_name = "N", default_value_t = crate::exit::BUSY)]
+    #[arg(
+        short = 'E',
+        long,
+        value_name = "N",
+        default_value_t = crate::exit::BUSY,
+        env = "SESSIONLOCK_CONFLICT_EXIT_CODE"
+    )]
     pub conflict_exit_code: u8,
 
     /// Stop the command (and its descendants) if it runs longer than this: SIGTERM, then SIGKILL
@@ -152,16 +176,38 @@ pub struct LockOpts {
     pub max_hold: Option<Duration>,
 
     /// With --max-hold: how long after SIGTERM to send SIGKILL
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        visible_alias = "kill-after",
+        value_name = "DURATION",
+        default_value = "10s",
+        env = "SESSIONLOCK_GRACE",
+        value_parser = parse_duration
+    )]
     pub grace: Duration,
 
-    /// Say nothing while waiting (errors are still reported)
-    #[arg(short, long, conflicts_with = "verbose")]
+    /// Say nothing but errors: no waiting notice, and no line when the lock or turn is busy
+    /// (the exit status says so)
+    #[arg(short, long, conflicts_with = "verbose", env = "SESSIONLOCK_QUIET")]
     pub quiet: bool,
 
     /// Say at once when waiting, and when the lock is taken and released
-    #[arg(short, long)]
+    #[arg(short, long, env = "SESSIONLOCK_VERBOSE")]
     pub verbose: bool,
+
+    /// Write one JSON object per lifecycle step to this file (appended)
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "SESSIONLOCK_EVENTS_FILE",
+        value_hint = ValueHint::FilePath,
+        conflicts_with = "events_fd"
+    )]
+    pub events_file: Option<PathBuf>,
+
+    /// Write one JSON object per lifecycle step to this open descriptor
+    #[arg(long, value_name = "N", env = "SESSIONLOCK_EVENTS_FD")]
+    pub events_fd: Option<i32>,
 }
 
 /// The session file and the command to wrap.
@@ -185,6 +231,20 @@ pub struct Target {
 pub struct RunArgs {
     #[command(flatten)]
     pub lock: LockOpts,
+    /// Wait for a first-come-first-served prompt turn first, then hold the write lock through
+    /// the command: a compaction neither lands in a provider call's window nor reorders a reply
+    #[arg(long, env = "SESSIONLOCK_TURN")]
+    pub turn: bool,
+    /// With --turn: give up waiting for the turn after this long
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10m",
+        env = "SESSIONLOCK_TURN_TIMEOUT",
+        value_parser = parse_duration,
+        requires = "turn"
+    )]
+    pub turn_timeout: Duration,
     #[command(flatten)]
     pub commit: CommitOpts,
     #[command(flatten)]
@@ -196,14 +256,14 @@ pub struct RunArgs {
 pub struct CommitOpts {
     /// Capture the command's stdout and append it to the session file (complete JSON lines,
     /// all or nothing) when the command succeeds and the fence holds
-    #[arg(long)]
+    #[arg(long, env = "SESSIONLOCK_APPEND")]
     pub append: bool,
     /// With --append: also copy the output to stdout as it arrives
-    #[arg(long, requires = "append")]
+    #[arg(long, requires = "append", env = "SESSIONLOCK_TEE")]
     pub tee: bool,
     /// With --append: move an incomplete last line of the session file into the sidecar
     /// instead of refusing to append after it
-    #[arg(long, requires = "append")]
+    #[arg(long, requires = "append", env = "SESSIONLOCK_REPAIR")]
     pub repair: bool,
 }
 
@@ -244,24 +304,30 @@ pub struct IdleWaitArgs {
 #[derive(Args, Debug, Clone)]
 pub struct FenceOpts {
     /// Treat any change during the window as a takeover, even one made under the write lock
-    #[arg(long)]
+    #[arg(long, env = "SESSIONLOCK_STRICT")]
     pub strict: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// Print one JSON object (stable field names, see the README) instead of text
-    #[arg(long)]
+    #[arg(long, env = "SESSIONLOCK_JSON")]
     pub json: bool,
-    /// The session file
-    #[arg(value_name = "SESSION", value_hint = ValueHint::FilePath)]
+    /// The session file, or a directory: every session with a sidecar in it
+    #[arg(value_name = "SESSION|DIR", value_hint = ValueHint::AnyPath)]
     pub session: PathBuf,
 }
 
-/// A humantime duration: `500ms`, `30s`, `5m`, `1h 30m`.
+/// A humantime duration (`500ms`, `30s`, `5m`, `1h 30m`), or a bare number of seconds (`5`,
+/// `0.5`) as flock(1) takes it.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{e} (expected a duration like 500ms, 30s or 5m)"))
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{text} is not a number of seconds a wait can last"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (expected a duration like 500ms, 30s, 5m or 5 for seconds)"))
 }
 
 /// A duration that is more than zero (a zero `--max-hold` would stop every command).
@@ -287,7 +353,10 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("5").is_err());
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("nan").is_err());
     }
 
     #[test]

@@ -499,6 +499,8 @@ pub struct Written {
     session: PathBuf,
     old_len: u64,
     pub bytes: usize,
+    /// How many lines were appended.
+    pub lines: usize,
     pub repaired: Option<(u64, PathBuf)>,
 }
 
@@ -551,6 +553,7 @@ impl Pending {
             session: self.session.clone(),
             old_len: self.intent.old_len,
             bytes: self.bytes.len(),
+            lines: self.bytes.split_inclusive(|&b| b == b'\n').count(),
             repaired: self.repaired.take(),
         }
     }

@@ -51,6 +51,10 @@ pub struct Config {
     pub verbosity: Verbosity,
     /// Bound on the wait for a prompt turn; zero with `--nonblock`.
     pub turn_timeout: Duration,
+    /// It takes a prompt turn (`prompt`, `run --turn`).
+    pub turn: bool,
+    /// `--events-file` / `--events-fd`.
+    pub events: Option<crate::events::Target>,
     /// Any change in the window is a takeover.
     pub strict: bool,
     /// `--max-hold`: stop the command when it runs too long.
@@ -69,7 +73,8 @@ pub struct Commit {
 }
 
 impl Config {
-    /// Check the options and resolve the session key.
+    /// Check the options and resolve the session key. `turn_timeout` is given for the modes
+    /// that take a prompt turn.
     pub fn new(
         mode: Mode,
         lock: &LockOpts,
@@ -90,6 +95,7 @@ impl Config {
         }
         let key = key::resolve(&target.session)?;
         let verbosity = if lock.quiet {
+            crate::exit::quiet_when_busy();
             Verbosity::Quiet
         } else if lock.verbose {
             Verbosity::Verbose
@@ -111,6 +117,12 @@ impl Config {
                 Duration::ZERO
             } else {
                 turn_timeout.unwrap_or(Duration::ZERO)
+            },
+            turn: turn_timeout.is_some(),
+            events: match (&lock.events_file, lock.events_fd) {
+                (Some(path), _) => Some(crate::events::Target::File(path.clone())),
+                (None, Some(fd)) => Some(crate::events::Target::Fd(fd)),
+                (None, None) => None,
             },
             strict: fence.is_some_and(|f| f.strict),
             max_hold: lock.max_hold.map(|after| MaxHold {

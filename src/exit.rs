@@ -138,6 +138,22 @@ pub const USAGE: u8 = 2;
 /// The default code for a busy lock or turn.
 pub const BUSY: u8 = 75;
 
+/// `-q`: a busy or timed-out wait says nothing (the exit status says it).
+static QUIET_WHEN_BUSY: AtomicBool = AtomicBool::new(false);
+
+/// Say nothing for a busy lock or turn (`-q`): a cron job that skips a busy turn stays silent.
+pub fn quiet_when_busy() {
+    QUIET_WHEN_BUSY.store(true, Ordering::Relaxed);
+}
+
+/// Report `failure` as its one line, unless `-q` silences it.
+pub fn report(failure: &Failure) {
+    if failure.kind == Kind::Busy && QUIET_WHEN_BUSY.load(Ordering::Relaxed) {
+        return;
+    }
+    say(&failure.to_string());
+}
+
 /// Set when the wrapper should end by SIGINT itself (see `finish`).
 static DIE_OF_SIGINT: AtomicBool = AtomicBool::new(false);
 

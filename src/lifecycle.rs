@@ -17,20 +17,71 @@ use crate::commit::{self, Capture, KeepReason};
 use crate::config::{Config, Mode};
 use crate::coord::files::Files;
 use crate::coord::{Activity, Coordinator, Phase, TurnWait};
+use crate::events::Events;
 use crate::exit::{self, Failure, Kind};
 use crate::fence::Verdict;
 use crate::sidecar::Sidecar;
 use crate::signal::{self, Signals};
+use serde_json::json;
 
 /// What every lifecycle runs with.
 struct Ctx<'a> {
     config: &'a Config,
     sidecar: &'a Sidecar,
     signals: &'a Signals,
+    events: &'a Events,
 }
 
 /// Run the configured mode.
 pub fn execute(config: &Config) -> Result<u8, Failure> {
+    refuse_nesting(config)?;
+    let events = Events::open(config)?;
+    let outcome = execute_with(config, &events);
+    match &outcome {
+        Ok(code) => events.emit("exited", json!({ "code": code })),
+        Err(failure) => events.emit(
+            "failed",
+            json!({ "code": failure.code(), "message": failure.to_string() }),
+        ),
+    }
+    outcome
+}
+
+/// Refuse a call nested inside a wrapper of the same session that it would wait for: inside
+/// `run` (it holds the write lock) or, for a turn, inside a `prompt` (it holds the turn).
+fn refuse_nesting(config: &Config) -> Result<(), Failure> {
+    let var = |name: &str| std::env::var_os(name);
+    if var("SESSIONLOCK_SESSION").is_none_or(|s| std::path::Path::new(&s) != config.key.path()) {
+        return Ok(());
+    }
+    let Some(pid) = var("SESSIONLOCK_PID")
+        .and_then(|p| p.to_str()?.parse::<i32>().ok())
+        .filter(|&p| p > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+    else {
+        return Ok(()); // the outer wrapper is gone: nothing of it is held
+    };
+    let outer = var("SESSIONLOCK_MODE").unwrap_or_default();
+    let outer_turn = var("SESSIONLOCK_TICKET").is_some();
+    let held = if outer == "run" {
+        "the write lock"
+    } else if outer_turn && config.turn {
+        "the prompt turn"
+    } else {
+        return Ok(()); // a window: the lock is free, and this call takes no turn of its own
+    };
+    Err(Failure::new(
+        Kind::Usage,
+        format!(
+            "this command runs inside `sessionlock {}` (pid {pid}) on the same session, which \
+             holds {held}; a nested `sessionlock {}` would wait for itself",
+            outer.to_string_lossy(),
+            config.mode.name()
+        ),
+        config.key.path(),
+    ))
+}
+
+fn execute_with(config: &Config, events: &Events) -> Result<u8, Failure> {
     let signals = Signals::install().map_err(|e| {
         Failure::io("cannot install signal handlers", &e, config.key.path())
             .with_kind_if(Kind::Io, Kind::Software)
@@ -40,6 +91,7 @@ pub fn execute(config: &Config) -> Result<u8, Failure> {
         config,
         sidecar: files.sidecar(),
         signals: &signals,
+        events,
     };
     let code = run_mode(&files, &ctx)?;
     config.detail(&format!("done with {}", config.key.path().display()));
@@ -56,8 +108,14 @@ fn run_mode<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
 
 /// `run`: hold the write lock for the whole child; publish its change as an owned write.
 fn run<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
-    let lock = c.write_lock(None, Phase::Enter)?;
-    let ticket = c.issue(&lock)?;
+    let lock = write_lock(c, ctx, None, Phase::Enter)?;
+    let mut ticket = c.issue(&lock)?;
+    let lock = if ctx.config.turn {
+        join(c, ctx, &lock, &mut ticket)?;
+        take_turn(c, ctx, lock, &ticket)?
+    } else {
+        lock
+    };
     c.observe(&lock)?;
     let label = C::label(&ticket);
     let (capture, stdout) = start_capture(ctx, &label)?;
@@ -73,26 +131,60 @@ fn run<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
     // Whatever the child did to the file (and a rolled-back commit undid), it did under the
     // lock: it is owned.
     publish(c, &lock, outcome.is_ok());
-    drop(lock);
-    leave(c, ticket);
+    release(ctx, lock);
+    leave(c, ctx, ticket);
     outcome
 }
 
 /// `prompt`: take the write lock, join the FIFO, wait (without the lock) for the turns ahead,
 /// then the window; leave the queue on every way out.
 fn prompt<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
+    let lock = write_lock(c, ctx, None, Phase::Enter)?;
+    let mut ticket = c.issue(&lock)?;
+    join(c, ctx, &lock, &mut ticket)?;
+    let lock = take_turn(c, ctx, lock, &ticket)?;
+    // Fence, window, reacquire, check, commit, release.
+    let code = window(c, ctx, lock, &ticket)?;
+    // Leave the queue, which wakes the next turn.
+    leave(c, ctx, ticket);
+    Ok(code)
+}
+
+/// Join the turn queue under the write lock (turn order is lock order).
+fn join<C: Coordinator>(
+    c: &C,
+    ctx: &Ctx<'_>,
+    lock: &C::WriteLock,
+    ticket: &mut C::Ticket,
+) -> Result<(), Failure> {
+    c.join(lock, ticket)?;
+    if ctx.events.enabled() {
+        ctx.events.emit(
+            "queue-joined",
+            json!({ "ticket": C::label(ticket), "ahead": c.count_ahead(ticket) }),
+        );
+    }
+    Ok(())
+}
+
+/// While an earlier live turn exists, wait for it without the write lock; return holding the
+/// write lock, at the head of the queue.
+fn take_turn<C: Coordinator>(
+    c: &C,
+    ctx: &Ctx<'_>,
+    lock: C::WriteLock,
+    ticket: &C::Ticket,
+) -> Result<C::WriteLock, Failure> {
     let config = ctx.config;
     let session = config.key.path();
-    // 1-2: take the write lock and join the queue under it.
-    let lock = c.write_lock(None, Phase::Enter)?;
-    let mut ticket = c.issue(&lock)?;
-    c.join(&lock, &mut ticket)?;
-    // 3: while an earlier live turn exists, wait for it without the write lock.
+    let started = std::time::Instant::now();
     let turn_deadline = signal::deadline(config.turn_timeout);
     let mut lock = Some(lock);
-    while let Some(ahead) = c.ahead(&ticket)? {
-        lock = None;
-        c.activity(&ticket, Activity::Waiting);
+    while let Some(ahead) = c.ahead(ticket)? {
+        if let Some(held) = lock.take() {
+            release(ctx, held);
+        }
+        c.activity(ticket, Activity::Waiting);
         match c.wait_turn(ahead, turn_deadline)? {
             TurnWait::Ended => {}
             TurnWait::TimedOut => {
@@ -117,22 +209,48 @@ fn prompt<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
     }
     let lock = match lock {
         Some(lock) => lock,
-        None => c.write_lock(Some(&ticket), Phase::Turn)?,
+        None => write_lock(c, ctx, Some(ticket), Phase::Turn)?,
     };
-    config.detail(&format!("prompt turn {} began", C::label(&ticket)));
-    // 4-9: fence, window, reacquire, check, commit, release.
-    let code = window(c, ctx, lock, &ticket)?;
-    // 10: leave the queue, which wakes the next turn.
-    leave(c, ticket);
-    Ok(code)
+    ctx.events.emit(
+        "turn-granted",
+        json!({
+            "ticket": C::label(ticket),
+            "waited_ms": started.elapsed().as_secs_f64() * 1e3,
+        }),
+    );
+    config.detail(&format!("prompt turn {} began", C::label(ticket)));
+    Ok(lock)
+}
+
+/// Take the write lock, and say so in the event log.
+fn write_lock<C: Coordinator>(
+    c: &C,
+    ctx: &Ctx<'_>,
+    ticket: Option<&C::Ticket>,
+    phase: Phase,
+) -> Result<C::WriteLock, Failure> {
+    let lock = c.write_lock(ticket, phase)?;
+    let phase = match phase {
+        Phase::Enter => "enter",
+        Phase::Turn => "turn",
+        Phase::AfterWindow => "after-window",
+    };
+    ctx.events.emit("lock-acquired", json!({ "phase": phase }));
+    Ok(lock)
+}
+
+/// Release the write lock, and say so in the event log.
+fn release<L>(ctx: &Ctx<'_>, lock: L) {
+    drop(lock);
+    ctx.events.emit("released", json!({}));
 }
 
 /// `idle-wait`: a window with a fence, holding no turn.
 fn idle_wait<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
-    let lock = c.write_lock(None, Phase::Enter)?;
+    let lock = write_lock(c, ctx, None, Phase::Enter)?;
     let ticket = c.issue(&lock)?;
     let code = window(c, ctx, lock, &ticket)?;
-    leave(c, ticket);
+    leave(c, ctx, ticket);
     Ok(code)
 }
 
@@ -147,14 +265,16 @@ fn window<C: Coordinator>(
     let config = ctx.config;
     let label = C::label(ticket);
     let fence = c.fence(&lock)?;
-    drop(lock);
+    release(ctx, lock);
     c.activity(ticket, Activity::Window);
+    ctx.events
+        .emit("window-opened", json!({ "generation": fence.generation }));
     let (capture, stdout) = start_capture(ctx, &label)?;
     let ran = run_child(ctx, &label, stdout)?;
     if ran.failed() {
         return Ok(command_failed(ctx, capture, ran));
     }
-    let lock = match c.write_lock(Some(ticket), Phase::AfterWindow) {
+    let lock = match write_lock(c, ctx, Some(ticket), Phase::AfterWindow) {
         Ok(lock) => lock,
         Err(failure) => {
             let reason = if matches!(failure.kind, Kind::Interrupted(_)) {
@@ -172,6 +292,8 @@ fn window<C: Coordinator>(
         Err(failure) => return Err(keeping(failure, capture, KeepReason::FenceUnreadable)),
     };
     if let Verdict::Takeover(change) = verdict {
+        ctx.events
+            .emit("takeover", json!({ "change": change.to_string() }));
         let window = if config.mode == Mode::Prompt {
             "the prompt window"
         } else {
@@ -186,21 +308,23 @@ fn window<C: Coordinator>(
         );
         return Err(keeping(failure, capture, KeepReason::Takeover));
     }
+    ctx.events.emit("fence-ok", json!({}));
     if let Some(capture) = capture {
         commit_output(c, ctx, &lock, &label, capture)?;
     }
-    drop(lock);
+    release(ctx, lock);
     Ok(ran.code)
 }
 
 /// Leave the queue after the work is done. Failing here must not turn a committed reply into a
 /// failure a caller would retry: the kernel frees the turn when the process exits anyway.
-fn leave<C: Coordinator>(c: &C, ticket: C::Ticket) {
+fn leave<C: Coordinator>(c: &C, ctx: &Ctx<'_>, ticket: C::Ticket) {
     if let Err(failure) = c.leave(ticket) {
         exit::say(&format!(
             "warning: could not leave the queue cleanly: {failure}"
         ));
     }
+    ctx.events.emit("left", json!({}));
 }
 
 /// Record the change a `run` child made as an owned write. It has happened already, so failing
@@ -303,6 +427,10 @@ fn commit_output<C: Coordinator>(
         written.bytes,
         session.display()
     ));
+    ctx.events.emit(
+        "committed",
+        json!({ "lines": written.lines, "bytes": written.bytes }),
+    );
     capture.discard();
     Ok(())
 }
@@ -379,7 +507,8 @@ fn run_child(ctx: &Ctx<'_>, label: &str, stdout: Option<Stdio>) -> Result<Ran, F
         ),
         ("SESSIONLOCK_MODE", config.mode.name().into()),
     ];
-    if config.mode == Mode::Prompt {
+    env.push(("SESSIONLOCK_PID", std::process::id().to_string().into()));
+    if config.turn {
         env.push(("SESSIONLOCK_TICKET", label.into()));
     }
     let mut child = child::spawn(
@@ -403,6 +532,14 @@ fn run_child(ctx: &Ctx<'_>, label: &str, stdout: Option<Stdio>) -> Result<Ran, F
         exit::die_of_sigint();
     }
     let mut code = child::exit_code(ended.status);
+    ctx.events.emit(
+        "child-exited",
+        json!({
+            "status": ended.status.code(),
+            "signal": ended.status.signal(),
+            "stopped_by_max_hold": ended.stopped.map(|s| s.as_str()),
+        }),
+    );
     if let (Some(signal), 0) = (ended.stopped, code) {
         code = exit::signalled(signal as i32);
     }
@@ -501,6 +638,9 @@ mod tests {
             self.step("ahead")?;
             Ok((!self.book.waited.replace(true)).then_some(()))
         }
+        fn count_ahead(&self, _: &Ticket) -> usize {
+            0
+        }
         fn wait_turn(&self, (): (), _: Option<Instant>) -> Result<TurnWait, Failure> {
             self.step("wait_turn")?;
             assert_eq!(
@@ -549,6 +689,8 @@ mod tests {
             conflict_code: 75,
             verbosity: Verbosity::Quiet,
             turn_timeout: Duration::from_secs(5),
+            turn: mode == Mode::Prompt,
+            events: None,
             strict: false,
             max_hold: None,
             commit: append.then_some(Commit {
@@ -566,10 +708,12 @@ mod tests {
             for append in [false, true] {
                 let config = config(dir.path(), mode, append);
                 let sidecar = Sidecar::open(&config.key, true).unwrap().unwrap();
+                let events = Events::none();
                 let ctx = Ctx {
                     config: &config,
                     sidecar: &sidecar,
                     signals: &signals,
+                    events: &events,
                 };
                 // A clean run first: how many steps there are.
                 let fake = Fake {

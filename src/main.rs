@@ -6,6 +6,7 @@ mod commit;
 mod config;
 mod coord;
 mod docs;
+mod events;
 mod exit;
 mod fault;
 mod fence;
@@ -25,6 +26,17 @@ use crate::config::{Config, Mode};
 use crate::exit::Failure;
 
 fn main() -> ExitCode {
+    // The docs generator is no subcommand: completions must not offer it.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == "generate-docs" {
+        return match docs::generate(std::path::Path::new(&args[2])) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                exit::say(&format!("{err:#}"));
+                ExitCode::from(exit::Kind::Software.code())
+            }
+        };
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
@@ -32,11 +44,13 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => exit::finish(code),
         Err(err) => {
-            exit::say(&format!("{err:#}"));
-            exit::finish(
-                err.downcast_ref::<Failure>()
-                    .map_or(exit::Kind::Software.code(), Failure::code),
-            )
+            if let Some(failure) = err.downcast_ref::<Failure>() {
+                exit::report(failure);
+                exit::finish(failure.code())
+            } else {
+                exit::say(&format!("{err:#}"));
+                exit::finish(exit::Kind::Software.code())
+            }
         }
     }
 }
@@ -44,7 +58,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => {
-            let config = Config::new(Mode::Run, &args.lock, None, None, &args.commit, args.target)?;
+            let config = Config::new(
+                Mode::Run,
+                &args.lock,
+                None,
+                args.turn.then_some(args.turn_timeout),
+                &args.commit,
+                args.target,
+            )?;
             Ok(lifecycle::execute(&config)?)
         }
         Command::Prompt(args) => {
@@ -70,7 +91,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(lifecycle::execute(&config)?)
         }
         Command::Status(args) => Ok(status::show(&args.session, args.json)?),
-        Command::GenerateDocs { dir } => docs::generate(&dir).map(|()| 0),
     }
 }
 

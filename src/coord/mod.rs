@@ -58,6 +58,8 @@ pub trait Coordinator {
     fn join(&self, lock: &Self::WriteLock, ticket: &mut Self::Ticket) -> Result<(), Failure>;
     /// The nearest live turn ahead of ours; `None` when it is our turn.
     fn ahead(&self, ticket: &Self::Ticket) -> Result<Option<Self::Ahead>, Failure>;
+    /// How many live turns are ahead of ours (for the event log; may cost a probe per turn).
+    fn count_ahead(&self, ticket: &Self::Ticket) -> usize;
     /// Wait, without the write lock, until that turn ends.
     fn wait_turn(&self, ahead: Self::Ahead, deadline: Option<Instant>)
     -> Result<TurnWait, Failure>;

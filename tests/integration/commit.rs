@@ -20,9 +20,9 @@ fn kept(sandbox: &Sandbox, session: &str, reason: &str) -> Vec<u8> {
 }
 
 fn no_kept(sandbox: &Sandbox, session: &str) {
-    let dir = sandbox.path(format!(".{session}.sessionlock/kept"));
-    let count = fs::read_dir(dir).map_or(0, Iterator::count);
-    assert_eq!(count, 0, "something was kept");
+    let status = sandbox.status(session);
+    assert_eq!(status["sidecar_exists"], true, "{status:#}");
+    assert_eq!(status["kept"], serde_json::json!([]), "something was kept");
 }
 
 const SEED: &str = "{\"seed\":1}\n";
@@ -87,7 +87,7 @@ fn appended_replies_land_exactly_once_in_turn_order_through_every_spelling() {
     assert_eq!(lines[0]["seed"], 1);
     assert!(content.ends_with('\n'));
     assert_eq!(entry_order(&sandbox.log()), ["A"]);
-    no_kept(&sandbox, "s.jsonl");
+    no_kept(&sandbox, "d/s.jsonl");
     sandbox.assert_no_trace("d/s.jsonl");
 }
 

@@ -5,6 +5,7 @@ mod docs;
 mod faults;
 mod holes;
 mod hostile;
+mod operator;
 mod prompt;
 mod run;
 mod stress;

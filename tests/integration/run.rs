@@ -133,16 +133,7 @@ fn timeout_on_a_held_lock_exits_75_and_conflict_exit_code_overrides_it() {
     let _holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
     let out = sandbox
-        .cmd([
-            "run",
-            "-q",
-            "--timeout",
-            "200ms",
-            "s.jsonl",
-            "--",
-            "touch",
-            "ran",
-        ])
+        .cmd(["run", "--timeout", "200ms", "s.jsonl", "--", "touch", "ran"])
         .assert()
         .code(75)
         .get_output()
@@ -162,7 +153,7 @@ fn timeout_on_a_held_lock_exits_75_and_conflict_exit_code_overrides_it() {
         .assert()
         .code(9);
     sandbox
-        .cmd(["run", "-q", "s.jsonl", "--", "touch", "ran"])
+        .cmd(["run", "s.jsonl", "--", "touch", "ran"])
         .env("SESSIONLOCK_TIMEOUT", "100ms")
         .assert()
         .code(75)
@@ -332,18 +323,35 @@ fn sigkill_of_the_holder_hands_the_lock_on_and_takes_its_command_down() {
 }
 
 #[test]
-fn quiet_says_nothing_while_waiting_but_still_reports_the_failure() {
+fn quiet_says_nothing_for_a_busy_lock_but_still_reports_other_failures() {
     let sandbox = Sandbox::new();
     let _holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
+    // A cron job that skips a busy turn stays silent: the status says it.
+    for args in [
+        &["run", "-q", "-t", "1500ms", "s.jsonl", "--", "true"][..],
+        &["run", "-q", "-n", "s.jsonl", "--", "true"][..],
+        &["prompt", "-q", "-w", "0.2", "s.jsonl", "--", "true"][..],
+    ] {
+        sandbox.cmd(args).assert().code(75).stderr("").stdout("");
+    }
+    // Without -q the same wait says so (and a bare number is seconds, as in flock -w).
     let out = sandbox
-        .cmd(["run", "-q", "-t", "1500ms", "s.jsonl", "--", "true"])
+        .cmd(["run", "-w", "0.5", "s.jsonl", "--", "true"])
         .assert()
         .code(75)
         .get_output()
         .clone();
     let line = one_line(&out.stderr);
-    assert!(line.contains("timed out after 1s 500ms"), "{line}");
+    assert!(line.contains("timed out after 500ms"), "{line}");
+    // Other failures are still reported under -q.
+    let out = sandbox
+        .cmd(["run", "-q", "t.jsonl", "--", "no-such-command-x"])
+        .assert()
+        .code(127)
+        .get_output()
+        .clone();
+    assert!(one_line(&out.stderr).contains("command not found"));
 }
 
 #[test]
@@ -436,7 +444,7 @@ fn an_empty_command_or_a_bad_duration_is_a_usage_error_that_touches_nothing() {
         &["run", "s.jsonl"][..],
         &["run", "s.jsonl", "--", ""][..],
         &["run", "--timeout", "5 parsecs", "s.jsonl", "--", "true"][..],
-        &["run", "--timeout", "5", "s.jsonl", "--", "true"][..],
+        &["run", "--timeout", "-1", "s.jsonl", "--", "true"][..],
     ] {
         let out = sandbox
             .cmd(args)

@@ -68,9 +68,12 @@ impl Sandbox {
         S: AsRef<OsStr>,
     {
         let mut cmd = assert_cmd::Command::new(bin());
-        cmd.current_dir(&self.root)
-            .args(args)
-            .env_remove("SESSIONLOCK_TIMEOUT");
+        cmd.current_dir(&self.root).args(args);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SESSIONLOCK_") {
+                cmd.env_remove(name);
+            }
+        }
         cmd
     }
 
@@ -102,14 +105,20 @@ impl Sandbox {
         S: AsRef<OsStr>,
     {
         let mut cmd = Command::new(bin());
-        cmd.current_dir(&self.root)
-            .args(args)
-            .env_remove("SESSIONLOCK_TIMEOUT");
+        cmd.current_dir(&self.root).args(args);
         self.spawn_command(name, cmd)
     }
 
     /// Start any command in its own process group with stdout/stderr captured as in `spawn`.
     pub fn spawn_command(&self, name: &str, mut cmd: Command) -> Proc {
+        // A user's environment must not change a test's outcome; a test sets what it needs
+        // after this (on `cmd`), so keep what the caller set explicitly.
+        let set: Vec<std::ffi::OsString> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SESSIONLOCK_") && !set.contains(&name) {
+                cmd.env_remove(name);
+            }
+        }
         let out = fs::File::create(self.path(format!("out.{name}"))).unwrap();
         let err = fs::File::create(self.path(format!("err.{name}"))).unwrap();
         cmd.stdin(Stdio::null())

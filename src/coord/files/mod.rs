@@ -663,6 +663,14 @@ impl Coordinator for Files<'_> {
             }))
     }
 
+    fn count_ahead(&self, ticket: &Ticket) -> usize {
+        let Some((_, t)) = ticket.turn else {
+            return 0;
+        };
+        let below = Range::span(layout::TICKETS, layout::TICKETS + t);
+        lock::all_locked(&ticket.shared.file, LockKind::Read, below).map_or(0, |v| v.len())
+    }
+
     fn wait_turn(&self, ahead: Ahead, deadline: Option<Instant>) -> Result<TurnWait, Failure> {
         let config = self.config;
         let shared = self.shared();
