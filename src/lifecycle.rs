@@ -537,7 +537,7 @@ fn run_child(ctx: &Ctx<'_>, label: &str, stdout: Option<Stdio>) -> Result<Ran, F
         json!({
             "status": ended.status.code(),
             "signal": ended.status.signal(),
-            "stopped_by_max_hold": ended.stopped.map(|s| s.as_str()),
+            "stopped_by_max_hold": ended.stopped.map(nix::sys::signal::Signal::as_str),
         }),
     );
     if let (Some(signal), 0) = (ended.stopped, code) {
