@@ -318,17 +318,33 @@ impl Tee {
             Some(&nix::sys::signal::SigSet::all()),
             Some(&mut old),
         )?;
+        // Two threads: one copies the child's output into the capture and never blocks on our
+        // stdout; the other copies it to stdout. A reader that stops reading (a paused terminal,
+        // a stopped pager) then cannot stall the commit under the write lock: only the wrapper's
+        // exit waits for stdout, with every lock already given up (see `flush_tee`).
+        let (to_stdout, chunks) = std::sync::mpsc::channel::<Vec<u8>>();
+        let writer = thread::Builder::new()
+            .name("tee-out".into())
+            .spawn(move || {
+                let mut out = io::stdout();
+                for chunk in chunks {
+                    // A closed stdout ends the copy to it, not the capture.
+                    if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
+                        return;
+                    }
+                }
+            });
+        if let Ok(writer) = writer {
+            TEE_OUT
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(writer);
+        }
         let spawned = thread::Builder::new().name("tee".into()).spawn(move || {
-            let mut stdout = Some(io::stdout());
             let mut buf = vec![0u8; 64 * 1024];
             let mut copy = |n: usize, buf: &[u8]| -> io::Result<()> {
                 file.write_all(&buf[..n])?;
-                if let Some(out) = stdout.as_mut() {
-                    // A closed stdout ends the copy to it, not the capture.
-                    if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
-                        stdout = None;
-                    }
-                }
+                let _ = to_stdout.send(buf[..n].to_vec());
                 Ok(())
             };
             loop {
@@ -371,6 +387,26 @@ impl Tee {
         )?;
         let thread = spawned?;
         Ok((Self { thread, stop }, Stdio::from(write)))
+    }
+}
+
+/// The threads still copying `--tee` output to stdout.
+static TEE_OUT: std::sync::Mutex<Vec<JoinHandle<()>>> = std::sync::Mutex::new(Vec::new());
+
+/// Before the wrapper exits (every lock given up): let `--tee` finish writing to stdout.
+pub fn flush_tee() {
+    let writers = std::mem::take(
+        &mut *TEE_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    if writers.is_empty() {
+        return;
+    }
+    // Nothing is held any more: a signal may end the wrapper as it would any program.
+    let _ = crate::signal::restore_defaults();
+    for writer in writers {
+        let _ = writer.join();
     }
 }
 
@@ -418,6 +454,8 @@ pub struct Pending {
 
 /// Open `session` for the append of `bytes` (captured as `capture`): refuse (or, with `repair`,
 /// move aside into `kept/`) an incomplete last line, and work out the intent to record.
+/// Never through a symlink; with `expected` (the file the fence vouched for), never to
+/// another file than that one.
 pub fn prepare(
     session: &Path,
     sidecar: &Sidecar,
@@ -425,17 +463,33 @@ pub fn prepare(
     capture: u64,
     bytes: Vec<u8>,
     repair: bool,
+    expected: Option<crate::fence::Fingerprint>,
 ) -> Result<Pending, Failure> {
     crate::fault::check("session-open")
         .map_err(|e| Failure::io("cannot open the session file to append", &e, session))?;
+    let replaced = |how: &str| {
+        Failure::new(
+            Kind::Takeover,
+            format!(
+                "takeover: the session file was {how} just before the commit; nothing appended"
+            ),
+            session,
+        )
+    };
     let file = OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
         .mode(0o644)
-        .custom_flags(nix::libc::O_NONBLOCK)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
         .open(session)
-        .map_err(|e| Failure::io("cannot open the session file to append", &e, session))?;
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                replaced("replaced by a symlink")
+            } else {
+                Failure::io("cannot open the session file to append", &e, session)
+            }
+        })?;
     let meta = file
         .metadata()
         .map_err(|e| Failure::io("cannot read the session file", &e, session))?;
@@ -445,6 +499,13 @@ pub fn prepare(
             "the session file is not a regular file; refusing to append to it",
             session,
         ));
+    }
+    if let Some(fp) = expected {
+        let same = fp.exists && (fp.dev, fp.ino) == (meta.dev(), meta.ino());
+        let created_now = !fp.exists && meta.len() == 0;
+        if !same && !created_now {
+            return Err(replaced("replaced by another file"));
+        }
     }
     let _ = fcntl(file.as_fd(), FcntlArg::F_SETFL(OFlag::O_APPEND));
     let len = meta.len();
@@ -510,14 +571,7 @@ impl Pending {
         if self.bytes.is_empty() {
             return Ok(self.written());
         }
-        // A file size limit must fail the write (EFBIG) rather than kill us before the rollback.
-        // SAFETY: setting a disposition; the child has already exited.
-        let _ = unsafe {
-            nix::sys::signal::signal(
-                nix::sys::signal::Signal::SIGXFSZ,
-                nix::sys::signal::SigHandler::SigIgn,
-            )
-        };
+        // A file size limit fails the write (EFBIG): `Signals::install` ignores SIGXFSZ.
         if crate::fault::hook("die-mid-append") {
             // Half the reply, then die as SIGKILL would leave it.
             let half = self.bytes.len() / 2;

@@ -174,9 +174,18 @@ pub fn finish(code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Write one `sessionlock: ` line to stderr; a closed stderr is not worth dying for.
+/// Write one `sessionlock: ` line to stderr; a closed stderr is not worth dying for. Control
+/// characters (a newline in a file name, say) are escaped: it stays one line.
 pub fn say(message: &str) {
-    let _ = writeln!(io::stderr().lock(), "sessionlock: {message}");
+    let mut line = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    let _ = writeln!(io::stderr().lock(), "sessionlock: {line}");
 }
 
 /// The status a shell reports for a process that died of signal `signal`.
@@ -292,10 +301,13 @@ pub fn describe(err: &io::Error) -> String {
         Some(raw) => nix::errno::Errno::from_raw(raw).desc().to_owned(),
         None => err.to_string(),
     };
+    // "Permission denied" reads "permission denied"; "I/O error" stays as it is.
     let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => text,
+    match (chars.next(), chars.next()) {
+        (Some(first), Some(second)) if second.is_lowercase() => {
+            first.to_lowercase().chain([second]).chain(chars).collect()
+        }
+        _ => text,
     }
 }
 
@@ -317,6 +329,8 @@ mod tests {
         assert_eq!(kind_for_io(&err), Kind::NoPerm);
         let err = io::Error::from_raw_os_error(nix::libc::ENOSPC);
         assert_eq!(kind_for_io(&err), Kind::Io);
+        let err = io::Error::from_raw_os_error(nix::libc::EIO);
+        assert_eq!(describe(&err), "I/O error");
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub fn resolve(input: &Path) -> Result<Key, Failure> {
             Ok(_) => {
                 let canonical = fs::canonicalize(&path)
                     .map_err(|e| path_failure("cannot resolve the session path", &e, input))?;
-                return Ok(Key { path: canonical });
+                return refuse_sidecar_contents(Key { path: canonical }, input);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return not_yet_existing(&path, input),
             Err(e) => return Err(path_failure("cannot resolve the session path", &e, input)),
@@ -95,6 +95,24 @@ pub fn resolve(input: &Path) -> Result<Key, Failure> {
         "too many levels of symbolic links in the session path",
         input,
     ))
+}
+
+/// Refuse a path inside a sidecar: its lock file is no session (a commit to it would destroy
+/// another session's state).
+fn refuse_sidecar_contents(key: Key, input: &Path) -> Result<Key, Failure> {
+    let in_sidecar = key.path().ancestors().skip(1).any(|dir| {
+        dir.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.') && n.ends_with(".sessionlock"))
+    });
+    if in_sidecar {
+        return Err(Failure::new(
+            Kind::NoInput,
+            "the session path is inside a sessionlock sidecar; name the session file itself",
+            input,
+        ));
+    }
+    Ok(key)
 }
 
 /// What kind of non-regular file `meta` is, in a few words.
@@ -136,9 +154,12 @@ fn not_yet_existing(path: &Path, input: &Path) -> Result<Key, Failure> {
             input,
         ));
     }
-    Ok(Key {
-        path: dir.join(name),
-    })
+    refuse_sidecar_contents(
+        Key {
+            path: dir.join(name),
+        },
+        input,
+    )
 }
 
 /// A failure resolving the path: a missing directory is `NO_INPUT`, permission `NO_PERM`.
@@ -227,6 +248,12 @@ mod tests {
         fs::write(t.path().join("plain"), "").unwrap();
         let under_file = t.path().join("plain/s.jsonl");
         assert_eq!(resolve(&under_file).unwrap_err().kind, Kind::NoInput);
+        fs::create_dir(t.path().join(".s.jsonl.sessionlock")).unwrap();
+        fs::write(t.path().join(".s.jsonl.sessionlock/lock"), "").unwrap();
+        for inside in [".s.jsonl.sessionlock/lock", ".s.jsonl.sessionlock/new"] {
+            let err = resolve(&t.path().join(inside)).unwrap_err();
+            assert_eq!(err.kind, Kind::NoInput, "{inside}");
+        }
         let null = resolve(Path::new("/dev/null")).unwrap_err();
         assert_eq!(null.kind, Kind::NoInput);
         assert!(null.to_string().contains("character device"), "{null}");

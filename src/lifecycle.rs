@@ -122,8 +122,11 @@ fn run<C: Coordinator>(c: &C, ctx: &Ctx<'_>) -> Result<u8, Failure> {
     c.activity(&ticket, Activity::Running);
     let outcome = match run_child(ctx, &label, stdout) {
         Ok(ran) if ran.failed() => Ok(command_failed(ctx, capture, ran)),
+        Ok(_) if let Err(failure) = c.verify(&lock) => {
+            Err(keeping(failure, capture, KeepReason::NotCommitted))
+        }
         Ok(_) => match capture {
-            Some(capture) => commit_output(c, ctx, &lock, &label, capture).map(|()| 0),
+            Some(capture) => commit_output(c, ctx, &lock, &label, capture, None).map(|()| 0),
             None => Ok(0),
         },
         Err(failure) => Err(failure),
@@ -310,7 +313,14 @@ fn window<C: Coordinator>(
     }
     ctx.events.emit("fence-ok", json!({}));
     if let Some(capture) = capture {
-        commit_output(c, ctx, &lock, &label, capture)?;
+        // The file the fence vouched for: the commit goes to it or nowhere.
+        let vouched = match c.observe(&lock) {
+            Ok(state) => state.fingerprint,
+            Err(failure) => {
+                return Err(keeping(failure, Some(capture), KeepReason::FenceUnreadable));
+            }
+        };
+        commit_output(c, ctx, &lock, &label, capture, Some(vouched))?;
     }
     release(ctx, lock);
     Ok(ran.code)
@@ -360,6 +370,7 @@ fn commit_output<C: Coordinator>(
     lock: &C::WriteLock,
     label: &str,
     mut capture: Capture,
+    vouched: Option<crate::fence::Fingerprint>,
 ) -> Result<(), Failure> {
     let config = ctx.config;
     let session = config.key.path();
@@ -378,7 +389,15 @@ fn commit_output<C: Coordinator>(
         })?;
         capture.settle(&bytes)?;
         let repair = config.commit.is_some_and(|c| c.repair);
-        commit::prepare(session, ctx.sidecar, label, capture.id(), bytes, repair)
+        commit::prepare(
+            session,
+            ctx.sidecar,
+            label,
+            capture.id(),
+            bytes,
+            repair,
+            vouched,
+        )
     })();
     let pending = match prepared {
         Ok(pending) => pending,
@@ -388,6 +407,7 @@ fn commit_output<C: Coordinator>(
                     KeepReason::Invalid
                 }
                 Kind::Data => KeepReason::IncompleteSession,
+                Kind::Takeover => KeepReason::Takeover,
                 _ => KeepReason::WriteFailed,
             };
             return Err(keeping(failure, Some(capture), reason));
@@ -653,7 +673,10 @@ mod tests {
         fn activity(&self, _: &Ticket, _: Activity) {}
         fn observe(&self, _: &Guard) -> Result<State, Failure> {
             self.step("observe")?;
-            Ok(State::default())
+            Ok(State {
+                fingerprint: Fingerprint::of(&self.session).unwrap(),
+                ..State::default()
+            })
         }
         fn fence(&self, _: &Guard) -> Result<Fence, Failure> {
             self.step("fence")?;
@@ -663,12 +686,14 @@ mod tests {
             self.step("check")?;
             Ok(Verdict::Clean)
         }
+        fn verify(&self, _: &Guard) -> Result<(), Failure> {
+            self.step("verify")
+        }
         fn record_intent(&self, _: &Guard, _: &Intent) -> Result<(), Failure> {
             self.step("record_intent")
         }
         fn publish_owned(&self, _: &Guard) -> Result<State, Failure> {
             self.step("publish_owned")?;
-            let _ = Fingerprint::default();
             Ok(State::default())
         }
         fn clear_intent(&self, _: &Guard) -> Result<(), Failure> {
@@ -716,6 +741,7 @@ mod tests {
                     events: &events,
                 };
                 // A clean run first: how many steps there are.
+                let _ = std::fs::remove_file(config.key.path());
                 let fake = Fake {
                     book: Rc::default(),
                     session: config.key.path().to_owned(),
@@ -736,6 +762,7 @@ mod tests {
                         session: config.key.path().to_owned(),
                     };
                     fake.book.fail_at.set(fail_at);
+                    let _ = std::fs::remove_file(config.key.path());
                     let outcome = run_mode(&fake, &ctx);
                     let failed = fake.book.log.borrow()[fail_at - 1];
                     let what = format!("{mode:?} append={append} failing {failed}");

@@ -41,7 +41,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
     };
-    match run(cli) {
+    let outcome = run(cli);
+    commit::flush_tee();
+    match outcome {
         Ok(code) => exit::finish(code),
         Err(err) => {
             if let Some(failure) = err.downcast_ref::<Failure>() {

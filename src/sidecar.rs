@@ -36,6 +36,8 @@ pub struct Modes {
     pub gid: Option<u32>,
     /// The session file's owner (besides us) may own the sidecar's files.
     pub session_owner: Option<u32>,
+    /// The session file's group.
+    pub session_group: Option<u32>,
 }
 
 impl Modes {
@@ -48,6 +50,7 @@ impl Modes {
                 dir: 0o700,
                 gid: None,
                 session_owner: None,
+                session_group: None,
             };
         };
         let perm = meta.mode();
@@ -58,6 +61,7 @@ impl Modes {
             dir: 0o700 | if group { 0o070 } else { 0 } | if other { 0o007 } else { 0 },
             gid: group.then_some(meta.gid()),
             session_owner: Some(meta.uid()),
+            session_group: Some(meta.gid()),
         }
     }
 
@@ -67,10 +71,19 @@ impl Modes {
         uid == Uid::effective().as_raw() || Some(uid) == self.session_owner
     }
 
-    /// Give a file we just created its mode and group, whatever the umask.
+    /// Give a file we just created its mode and group, whatever the umask. Root (a system
+    /// cron job, say) gives it to the session file's owner, who must go on using it.
     fn apply(&self, fd: impl AsFd, mode: u32) -> io::Result<()> {
         nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(mode))?;
-        if let Some(gid) = self.gid {
+        if Uid::effective().is_root()
+            && let Some(owner) = self.session_owner.filter(|&o| o != 0)
+        {
+            nix::unistd::fchown(
+                fd.as_fd(),
+                Some(Uid::from_raw(owner)),
+                self.session_group.map(Gid::from_raw),
+            )?;
+        } else if let Some(gid) = self.gid {
             // Only to a group we belong to; if we cannot, the group stays ours.
             let _ = nix::unistd::fchown(fd.as_fd(), None, Some(Gid::from_raw(gid)));
         }
@@ -224,6 +237,14 @@ impl Sidecar {
             return Err(Failure::new(
                 Kind::Io,
                 "cannot open the lock file: it is not a regular file; refusing to use it",
+                &path,
+            ));
+        }
+        if stat.st_nlink > 1 {
+            return Err(Failure::new(
+                Kind::Io,
+                "cannot use the lock file: it has other hard links (another file would get its \
+                 state written into it); refusing to use it",
                 &path,
             ));
         }

@@ -34,6 +34,9 @@ const OURS: [Signal; 2] = [Signal::SIGCHLD, Signal::SIGALRM];
 /// The handler's end of the pipe; -1 until `Signals::install`.
 static WRITE_END: AtomicI32 = AtomicI32::new(-1);
 
+/// The caller had SIGXFSZ ignored (we ignore it ourselves either way).
+static XFSZ_WAS_IGNORED: AtomicBool = AtomicBool::new(false);
+
 /// A blocking call is being waited on: handlers re-arm the kick timer.
 static WAITING: AtomicBool = AtomicBool::new(false);
 
@@ -119,6 +122,16 @@ impl Signals {
                 unsafe { sigaction(signal, &old) }?;
             }
         }
+        // A file size limit must fail a write (EFBIG, reported as one line) rather than kill the
+        // wrapper silently, with locks, state and a half-made commit behind it. The command gets
+        // the disposition the caller gave us.
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        // SAFETY: ignoring a signal installs no handler.
+        let old = unsafe { sigaction(Signal::SIGXFSZ, &ignore) }?;
+        XFSZ_WAS_IGNORED.store(
+            matches!(old.handler(), SigHandler::SigIgn),
+            Ordering::Relaxed,
+        );
         Ok(Self {
             read,
             _write: write,
@@ -190,6 +203,10 @@ impl Signals {
 /// async-signal-safe calls: for a forked child between fork and exec.
 pub fn restore_defaults() -> nix::Result<()> {
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    if !XFSZ_WAS_IGNORED.load(Ordering::Relaxed) {
+        // SAFETY: as below.
+        unsafe { sigaction(Signal::SIGXFSZ, &default) }?;
+    }
     for signal in TERMINATING.into_iter().chain(OURS) {
         // SAFETY: sigaction(2) is async-signal-safe; no handler of ours is installed after this.
         let old = unsafe { sigaction(signal, &default) }?;

@@ -69,6 +69,9 @@ pub trait Coordinator {
     fn observe(&self, lock: &Self::WriteLock) -> Result<State, Failure>;
     fn fence(&self, lock: &Self::WriteLock) -> Result<Fence, Failure>;
     fn check(&self, lock: &Self::WriteLock, fence: &Fence) -> Result<Verdict, Failure>;
+    /// Is the write lock still what it was when taken? (A lock file removed under a `run`
+    /// means someone else may have locked a new one meanwhile.)
+    fn verify(&self, lock: &Self::WriteLock) -> Result<(), Failure>;
     /// Record that an append is about to happen (see `commit`).
     fn record_intent(&self, lock: &Self::WriteLock, intent: &Intent) -> Result<(), Failure>;
     /// Record the file's change under this hold as an owned write, and finish any intent.

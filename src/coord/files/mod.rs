@@ -82,18 +82,17 @@ impl Shared {
         let head = self
             .read_head()
             .map_err(|e| self.io("cannot read the lock state", &e))?;
+        // Whoever truncated or overwrote the header, the next store writes it again.
+        self.magic.set(head.starts_with(layout::MAGIC));
         let (record, found) = match layout::load(&head) {
-            Loaded::Good { record, fell_back } => {
-                self.magic.set(true);
-                (
-                    record,
-                    if fell_back {
-                        Found::Behind
-                    } else {
-                        Found::Current
-                    },
-                )
-            }
+            Loaded::Good { record, fell_back } => (
+                record,
+                if fell_back {
+                    Found::Behind
+                } else {
+                    Found::Current
+                },
+            ),
             loaded => {
                 let found = if loaded == Loaded::Fresh {
                     Found::Fresh
@@ -411,13 +410,25 @@ impl<'a> Files<'a> {
         let config = self.config;
         lock::unlock(&shared.file, Range::byte(layout::WRITE_BYTE))
             .map_err(|e| shared.io("cannot release the write lock", &e))?;
+        // A write lock over the range: granted only when no turn and no foreign lock is left.
+        let mut say = || {
+            config.notice(&format!(
+                "waiting for the turn range of {} to drain (no ticket is free){}",
+                self.session().display(),
+                self.held_by(TURNS, None)
+            ));
+        };
+        let notice = self.notice_after().map(|after| Notice {
+            after,
+            say: &mut say,
+        });
         let waited = lock::wait(
             &shared.file,
-            LockKind::Read,
+            LockKind::Write,
             TURNS,
             deadline,
             self.signals,
-            None,
+            notice,
         )
         .map_err(|e| shared.io("cannot wait for the queue to drain", &e))?;
         if waited == Waited::Held {
@@ -592,10 +603,17 @@ impl Coordinator for Files<'_> {
         let (mut record, found) = self.load(&shared)?;
         let mut behind = found != Found::Current;
         let deadline = signal::deadline(self.config.turn_timeout);
+        // Whether the counter may restart: on the first look, and after a drain (never while
+        // stepping past foreign locks, or it would step back onto them).
+        let mut first_look = true;
         loop {
-            let live = lock::probe(&shared.file, LockKind::Read, TURNS)
-                .map_err(|e| shared.io("cannot look at the turns", &e))?;
-            if live.is_none() {
+            let live = if first_look {
+                lock::probe(&shared.file, LockKind::Read, TURNS)
+                    .map_err(|e| shared.io("cannot look at the turns", &e))?
+            } else {
+                None
+            };
+            if first_look && live.is_none() {
                 // Nobody queued: the counter restarts, in a new epoch.
                 if record.next_ticket != 0 {
                     record.epoch = record.epoch.wrapping_add(1);
@@ -609,10 +627,12 @@ impl Coordinator for Files<'_> {
                 }
                 behind = false;
             }
+            first_look = false;
             let t = record.next_ticket;
             if t >= layout::TICKET_CAP {
                 self.drain(&shared, deadline)?;
                 record = self.load(&shared)?.0;
+                first_look = true;
                 continue;
             }
             let byte = Range::byte(layout::TICKETS + t);
@@ -630,8 +650,31 @@ impl Coordinator for Files<'_> {
                 ticket.label = format!("{}.{t}", record.epoch);
                 return Ok(());
             }
-            // Someone holds the byte the counter points at: the counter is behind.
-            behind = true;
+            // Someone holds the byte the counter points at. A turn (a one-byte write lock of
+            // ours): the counter is behind. Anything else (a reader's shared lock, a foreign
+            // lock over a range): step past it, never wait on it holding the write lock.
+            let conflict = lock::probe(&shared.file, LockKind::Write, byte)
+                .map_err(|e| shared.io("cannot look at the turns", &e))?;
+            match conflict {
+                Some(c) if c.kind == LockKind::Write && c.pid.is_none() && c.range.len == 1 => {
+                    behind = true;
+                }
+                Some(c) => {
+                    let past = c.range.last().saturating_add(1);
+                    record.next_ticket = past.saturating_sub(layout::TICKETS).max(t + 1);
+                }
+                None => {}
+            }
+            if deadline.is_some_and(|at| at <= Instant::now()) {
+                return Err(Failure::busy(
+                    self.config.conflict_code,
+                    format!(
+                        "no ticket could be taken in time: the turn range is locked{}",
+                        self.held_by(byte, None)
+                    ),
+                    self.session(),
+                ));
+            }
         }
     }
 
@@ -742,6 +785,19 @@ impl Coordinator for Files<'_> {
 
     fn check(&self, lock: &WriteGuard, fence: &Fence) -> Result<Verdict, Failure> {
         Ok(self.observe(lock)?.verdict(fence, self.config.strict))
+    }
+
+    fn verify(&self, lock: &WriteGuard) -> Result<(), Failure> {
+        match self.sidecar.still_names(&lock.shared.file) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Failure::new(
+                Kind::Io,
+                "the lock file was removed or replaced while this wrapper held it: another \
+                 wrapper may have locked a new one meanwhile",
+                &lock.shared.path,
+            )),
+            Err(e) => Err(lock.shared.io("cannot check the lock file", &e)),
+        }
     }
 
     fn record_intent(&self, lock: &WriteGuard, intent: &Intent) -> Result<(), Failure> {
