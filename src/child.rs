@@ -135,6 +135,9 @@ pub fn wait(child: &mut Child, signals: &Signals, max_hold: Option<MaxHold>) -> 
             return Ok(Ended { status, stopped });
         }
         let woken = signals.wait(None, next)?;
+        if woken.child {
+            reap_orphans(pid);
+        }
         for received in woken.signals {
             if !received.from_kernel {
                 // The child may have just exited; ESRCH is not an error here.
@@ -154,8 +157,14 @@ pub fn wait(child: &mut Child, signals: &Signals, max_hold: Option<MaxHold>) -> 
                 Some(_) => (Signal::SIGKILL, None),
             };
             // The whole tree: a shell's pipeline must not write on after the lock is gone.
-            // Those told to stop at SIGTERM get the SIGKILL too, even if orphaned meanwhile.
+            // Those told to stop at SIGTERM get the SIGKILL too, even if orphaned meanwhile;
+            // orphans of the command (a `setsid` daemon too) are ours, as their subreaper.
             tree.extend(descendants(pid));
+            tree.extend(
+                descendants(nix::unistd::getpid())
+                    .into_iter()
+                    .filter(|&(p, _)| p != nix::unistd::getpid()),
+            );
             for &(member, started) in &tree {
                 if same_process(member, started) {
                     let _ = kill(member, sent);
@@ -165,6 +174,40 @@ pub fn wait(child: &mut Child, signals: &Signals, max_hold: Option<MaxHold>) -> 
             next = then;
         }
     }
+}
+
+/// With `--max-hold`, become the subreaper of the command's tree (Linux): its orphans, a
+/// `setsid` daemon too, are reparented to the wrapper instead of init, so a tree walk from the
+/// wrapper still finds them.
+pub fn adopt_orphans() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: prctl(2) with an integer argument.
+        unsafe { nix::libc::prctl(nix::libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
+}
+
+/// Reap the command's orphans that ended (reparented to us as their subreaper), never the
+/// command itself (std waits for it) and never one still running.
+fn reap_orphans(command: Pid) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+        loop {
+            let peek = waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            );
+            let Ok(status) = peek else { return };
+            let Some(pid) = status.pid() else { return };
+            if pid == command || matches!(status, WaitStatus::StillAlive) {
+                return;
+            }
+            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = command;
 }
 
 /// `root` and every process below it, each with its start time (to tell a reused pid apart).

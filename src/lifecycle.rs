@@ -531,6 +531,9 @@ fn run_child(ctx: &Ctx<'_>, label: &str, stdout: Option<Stdio>) -> Result<Ran, F
     if config.turn {
         env.push(("SESSIONLOCK_TICKET", label.into()));
     }
+    if config.max_hold.is_some() {
+        child::adopt_orphans();
+    }
     let mut child = child::spawn(
         child::Spec {
             argv: &config.argv,

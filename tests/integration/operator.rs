@@ -227,3 +227,55 @@ fn kill_after_is_the_name_timeout1_users_know_for_grace() {
     assert_eq!(out.status.code(), Some(128 + 9), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("SIGKILL"));
 }
+
+#[test]
+fn max_hold_stops_orphaned_grandchildren_and_setsid_daemons_too() {
+    let sandbox = Sandbox::new();
+    // Both escape the command's tree before the deadline: an orphan and a `setsid` daemon.
+    let script = "(exec sh -c 'echo $$ > orphan.pid; exec sleep 100' &); \
+                  (setsid sh -c 'echo $$ > daemon.pid; exec sleep 100' &); sleep 100";
+    let mut w = sandbox.spawn(
+        "W",
+        [
+            "run",
+            "--max-hold",
+            "2",
+            "s.jsonl",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    crate::support::wait_for("both to start", || {
+        !sandbox.read("orphan.pid").is_empty() && !sandbox.read("daemon.pid").is_empty()
+    });
+    assert_eq!(w.wait_code(), 143, "{}", w.stderr());
+    for file in ["orphan.pid", "daemon.pid"] {
+        let pid: i32 = sandbox.read(file).trim().parse().unwrap();
+        crate::support::wait_for(&format!("{file} to be stopped"), || {
+            crate::support::process_gone(pid)
+        });
+    }
+}
+
+#[test]
+fn a_command_that_leaves_a_daemon_behind_under_max_hold_ends_when_it_does() {
+    let sandbox = Sandbox::new();
+    let script = "(setsid sh -c 'while [ -d \"$0\" ]; do sleep 0.1; done' \"$PWD\" &); true";
+    // (Spawned with its output in files: the daemon keeps them open.)
+    let mut w = sandbox.spawn(
+        "W",
+        [
+            "run",
+            "--max-hold",
+            "60s",
+            "s.jsonl",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(w.wait_code(), 0, "{}", w.stderr());
+}
