@@ -55,6 +55,8 @@ pub struct Config {
     pub turn: bool,
     /// `--events-file` / `--events-fd`.
     pub events: Option<crate::events::Target>,
+    /// Waits show one live line, rewritten each second (stderr is a terminal, no `-q`/`-v`).
+    pub live: bool,
     /// Any change in the window is a takeover.
     pub strict: bool,
     /// `--max-hold`: stop the command when it runs too long.
@@ -124,6 +126,8 @@ impl Config {
                 (None, Some(fd)) => Some(crate::events::Target::Fd(fd)),
                 (None, None) => None,
             },
+            live: verbosity == Verbosity::Normal
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             strict: fence.is_some_and(|f| f.strict),
             max_hold: lock.max_hold.map(|after| MaxHold {
                 after,

@@ -661,7 +661,7 @@ mod tests {
             self.step("ahead")?;
             Ok((!self.book.waited.replace(true)).then_some(()))
         }
-        fn count_ahead(&self, _: &Ticket) -> usize {
+        fn count_ahead(&self, _: &Ticket) -> u64 {
             0
         }
         fn wait_turn(&self, (): (), _: Option<Instant>) -> Result<TurnWait, Failure> {
@@ -719,6 +719,7 @@ mod tests {
             turn_timeout: Duration::from_secs(5),
             turn: mode == Mode::Prompt,
             events: None,
+            live: false,
             strict: false,
             max_hold: None,
             commit: append.then_some(Commit {

@@ -59,7 +59,7 @@ pub trait Coordinator {
     /// The nearest live turn ahead of ours; `None` when it is our turn.
     fn ahead(&self, ticket: &Self::Ticket) -> Result<Option<Self::Ahead>, Failure>;
     /// How many live turns are ahead of ours (for the event log; may cost a probe per turn).
-    fn count_ahead(&self, ticket: &Self::Ticket) -> usize;
+    fn count_ahead(&self, ticket: &Self::Ticket) -> u64;
     /// Wait, without the write lock, until that turn ends.
     fn wait_turn(&self, ahead: Self::Ahead, deadline: Option<Instant>)
     -> Result<TurnWait, Failure>;

@@ -279,3 +279,50 @@ fn a_command_that_leaves_a_daemon_behind_under_max_hold_ends_when_it_does() {
     );
     assert_eq!(w.wait_code(), 0, "{}", w.stderr());
 }
+
+#[test]
+fn on_a_terminal_a_wait_shows_one_live_line_rewritten_and_erased() {
+    use std::io::Read;
+    let sandbox = Sandbox::new();
+    let holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
+    sandbox.wait_entered("A");
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut w = std::process::Command::new(bin())
+        .current_dir(sandbox.root())
+        .args(["run", "s.jsonl", "--", "true"])
+        .stderr(std::process::Stdio::from(std::fs::File::from(pty.slave)))
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let reader = {
+        let seen = seen.clone();
+        let mut master = std::fs::File::from(pty.master);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    // Rewritten in place: the same line twice, each after a carriage return and an erase.
+    crate::support::wait_for("the live line to be rewritten", || {
+        text()
+            .matches("\r\x1b[2Ksessionlock: waiting for the write lock")
+            .count()
+            >= 2
+    });
+    assert!(
+        !text().contains('\n'),
+        "the live line scrolled: {:?}",
+        text()
+    );
+    assert!(text().contains(&format!("held by pid {} (run)", holder.pid())));
+    drop(holder);
+    assert!(w.wait().unwrap().success());
+    crate::support::wait_for("the line to be erased", || text().ends_with("\r\x1b[2K"));
+    drop(reader);
+}

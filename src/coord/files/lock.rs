@@ -208,10 +208,35 @@ pub fn all_locked(file: &File, kind: Kind, range: Range) -> io::Result<Vec<Confl
     Ok(out)
 }
 
-/// Something to say once when a wait lasts longer than `after`.
+/// Something to say when a wait lasts longer than `after`: once, or (`live`, on a terminal) as
+/// one line rewritten about once a second and erased when the wait ends.
 pub struct Notice<'a> {
     pub after: Duration,
-    pub say: &'a mut dyn FnMut(),
+    pub text: &'a mut dyn FnMut() -> String,
+    pub live: bool,
+}
+
+/// The live line on the terminal, erased when dropped.
+struct LiveLine {
+    shown: bool,
+}
+
+impl LiveLine {
+    fn show(&mut self, text: &str) {
+        use std::io::Write;
+        let clean: String = text.chars().filter(|c| !c.is_control()).collect();
+        let _ = write!(io::stderr().lock(), "\r\x1b[2Ksessionlock: {clean}");
+        self.shown = true;
+    }
+}
+
+impl Drop for LiveLine {
+    fn drop(&mut self) {
+        if self.shown {
+            use std::io::Write;
+            let _ = write!(io::stderr().lock(), "\r\x1b[2K");
+        }
+    }
 }
 
 /// How a bounded wait ended.
@@ -240,13 +265,21 @@ pub fn wait(
     }
     let started = Instant::now();
     let waiting = signals.waiting();
+    let mut live = LiveLine { shown: false };
+    let mut notice_at = notice.as_ref().map(|n| started + n.after);
     loop {
         let now = Instant::now();
-        let notice_at = notice.as_ref().map(|n| started + n.after);
         if notice_at.is_some_and(|at| at <= now)
-            && let Some(n) = notice.take()
+            && let Some(n) = notice.as_mut()
         {
-            (n.say)();
+            let text = (n.text)();
+            if n.live {
+                live.show(&text);
+                notice_at = Some(now + Duration::from_secs(1));
+            } else {
+                crate::exit::say(&text);
+                notice_at = None;
+            }
             continue;
         }
         if deadline.is_some_and(|at| at <= now) {

@@ -174,6 +174,20 @@ pub fn live_slots(file: &File) -> io::Result<Vec<(u32, Slot)>> {
     Ok(out)
 }
 
+/// How many tickets lie between the active (lowest live) turn and turn `t`, that one included:
+/// one probe (`F_GETLK` reports the oldest lock, and tickets are locked in order), so it counts
+/// a gap left by a turn that ended out of order too.
+fn distance_to_active(file: &File, t: u64) -> u64 {
+    let below = Range::span(layout::TICKETS, layout::TICKETS + t);
+    match lock::probe(file, LockKind::Read, below) {
+        Ok(Some(c)) if c.range.len != 0 => {
+            t.saturating_sub(c.range.start.saturating_sub(layout::TICKETS))
+        }
+        Ok(Some(_)) => t,
+        _ => 0,
+    }
+}
+
 /// Who holds a lock: the words after "held by".
 #[must_use]
 pub fn describe_holder(conflict: &lock::Conflict, slot: Option<&Slot>) -> String {
@@ -252,6 +266,8 @@ impl Drop for Ticket {
 /// The live turn ahead of ours.
 pub struct Ahead {
     ticket: u64,
+    /// Our own ticket.
+    ours: u64,
 }
 
 impl<'a> Files<'a> {
@@ -411,16 +427,17 @@ impl<'a> Files<'a> {
         lock::unlock(&shared.file, Range::byte(layout::WRITE_BYTE))
             .map_err(|e| shared.io("cannot release the write lock", &e))?;
         // A write lock over the range: granted only when no turn and no foreign lock is left.
-        let mut say = || {
-            config.notice(&format!(
+        let mut text = || {
+            format!(
                 "waiting for the turn range of {} to drain (no ticket is free){}",
                 self.session().display(),
                 self.held_by(TURNS, None)
-            ));
+            )
         };
         let notice = self.notice_after().map(|after| Notice {
             after,
-            say: &mut say,
+            text: &mut text,
+            live: config.live,
         });
         let waited = lock::wait(
             &shared.file,
@@ -480,16 +497,17 @@ impl Coordinator for Files<'_> {
         let started = Instant::now();
         loop {
             let shared = self.shared();
-            let mut say = || {
-                config.notice(&format!(
+            let mut text = || {
+                format!(
                     "waiting for the write lock on {}{}",
                     session.display(),
                     self.held_by(byte, None)
-                ));
+                )
             };
             let notice = self.notice_after().map(|after| Notice {
                 after,
-                say: &mut say,
+                text: &mut text,
+                live: config.live,
             });
             let waited = lock::wait(
                 &shared.file,
@@ -696,22 +714,24 @@ impl Coordinator for Files<'_> {
         .map_err(fail)?
         .is_some()
         {
-            return Ok(Some(Ahead { ticket: t - 1 }));
+            return Ok(Some(Ahead {
+                ticket: t - 1,
+                ours: t,
+            }));
         }
         let below = Range::span(layout::TICKETS, layout::TICKETS + t - 1);
         Ok(lock::highest_locked(&shared.file, below)
             .map_err(fail)?
             .map(|at| Ahead {
                 ticket: at - layout::TICKETS,
+                ours: t,
             }))
     }
 
-    fn count_ahead(&self, ticket: &Ticket) -> usize {
-        let Some((_, t)) = ticket.turn else {
-            return 0;
-        };
-        let below = Range::span(layout::TICKETS, layout::TICKETS + t);
-        lock::all_locked(&ticket.shared.file, LockKind::Read, below).map_or(0, |v| v.len())
+    fn count_ahead(&self, ticket: &Ticket) -> u64 {
+        ticket
+            .turn
+            .map_or(0, |(_, t)| distance_to_active(&ticket.shared.file, t))
     }
 
     fn wait_turn(&self, ahead: Ahead, deadline: Option<Instant>) -> Result<TurnWait, Failure> {
@@ -721,27 +741,24 @@ impl Coordinator for Files<'_> {
         let started = *self.turn_wait_started.get().get_or_insert(now);
         self.turn_wait_started.set(Some(started));
         let byte = Range::byte(layout::TICKETS + ahead.ticket);
-        let mut say = || {
-            let count = lock::all_locked(
-                &shared.file,
-                LockKind::Read,
-                Range::span(layout::TICKETS, layout::TICKETS + ahead.ticket + 1),
-            )
-            .map_or(0, |v| v.len());
-            config.notice(&format!(
-                "waiting for a prompt turn on {}: {count} ahead{}",
+        let ours = ahead.ours;
+        let mut text = || {
+            self.turn_noticed.set(true);
+            format!(
+                "waiting for a prompt turn on {}: {} ahead{}",
                 config.key.path().display(),
+                distance_to_active(&shared.file, ours),
                 self.held_by(byte, Some(ahead.ticket))
                     .replacen(", held by", ", next is", 1)
-            ));
-            self.turn_noticed.set(true);
+            )
         };
         let notice = self
             .notice_after()
-            .filter(|_| !self.turn_noticed.get())
+            .filter(|_| config.live || !self.turn_noticed.get())
             .map(|after| Notice {
                 after: after.saturating_sub(now - started),
-                say: &mut say,
+                text: &mut text,
+                live: config.live,
             });
         let waited = lock::wait(
             &shared.file,
