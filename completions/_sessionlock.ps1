@@ -29,6 +29,7 @@ Register-ArgumentCompleter -Native -CommandName 'sessionlock' -ScriptBlock {
             [CompletionResult]::new('prompt', 'prompt', [CompletionResultType]::ParameterValue, 'Take a first-come-first-served prompt turn, release the write lock while the command runs (the provider call), then take it back and check nobody changed the file from outside')
             [CompletionResult]::new('idle-wait', 'idle-wait', [CompletionResultType]::ParameterValue, 'Like prompt but holding no turn: wait for something (a compaction, a timer) with a fence')
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show who holds the write lock, the queue of prompt turns and the fence state')
+            [CompletionResult]::new('gc', 'gc', [CompletionResultType]::ParameterValue, 'Remove the sidecars in a directory whose session file is gone and which nobody uses (kept outputs stay unless --kept)')
             break
         }
         'sessionlock;run' {
@@ -119,6 +120,14 @@ Register-ArgumentCompleter -Native -CommandName 'sessionlock' -ScriptBlock {
         }
         'sessionlock;status' {
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object (stable field names, see the README) instead of text')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'sessionlock;gc' {
+            [CompletionResult]::new('--kept', '--kept', [CompletionResultType]::ParameterName, 'Remove kept outputs (replies that were never committed) too')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')

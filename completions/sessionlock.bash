@@ -16,6 +16,9 @@ _sessionlock() {
             ",$1")
                 cmd="sessionlock"
                 ;;
+            sessionlock,gc)
+                cmd="sessionlock__subcmd__gc"
+                ;;
             sessionlock,idle-wait)
                 cmd="sessionlock__subcmd__idle__subcmd__wait"
                 ;;
@@ -35,8 +38,22 @@ _sessionlock() {
 
     case "${cmd}" in
         sessionlock)
-            opts="-h -V --help --version run prompt idle-wait status"
+            opts="-h -V --help --version run prompt idle-wait status gc"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sessionlock__subcmd__gc)
+            opts="-h -V --kept --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

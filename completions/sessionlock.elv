@@ -26,6 +26,7 @@ set edit:completion:arg-completer[sessionlock] = {|@words|
             cand prompt 'Take a first-come-first-served prompt turn, release the write lock while the command runs (the provider call), then take it back and check nobody changed the file from outside'
             cand idle-wait 'Like prompt but holding no turn: wait for something (a compaction, a timer) with a fence'
             cand status 'Show who holds the write lock, the queue of prompt turns and the fence state'
+            cand gc 'Remove the sidecars in a directory whose session file is gone and which nobody uses (kept outputs stay unless --kept)'
         }
         &'sessionlock;run'= {
             cand -t 'Give up on the write lock after this long (e.g. 500ms, 30s, 5m; a bare number is seconds, as in flock -w)'
@@ -112,6 +113,13 @@ set edit:completion:arg-completer[sessionlock] = {|@words|
         }
         &'sessionlock;status'= {
             cand --json 'Print one JSON object (stable field names, see the README) instead of text'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'sessionlock;gc'= {
+            cand --kept 'Remove kept outputs (replies that were never committed) too'
             cand -h 'Print help'
             cand --help 'Print help'
             cand -V 'Print version'

@@ -30,6 +30,7 @@ complete -c sessionlock -n "__fish_sessionlock_needs_command" -f -a "run" -d 'Ho
 complete -c sessionlock -n "__fish_sessionlock_needs_command" -f -a "prompt" -d 'Take a first-come-first-served prompt turn, release the write lock while the command runs (the provider call), then take it back and check nobody changed the file from outside'
 complete -c sessionlock -n "__fish_sessionlock_needs_command" -f -a "idle-wait" -d 'Like prompt but holding no turn: wait for something (a compaction, a timer) with a fence'
 complete -c sessionlock -n "__fish_sessionlock_needs_command" -f -a "status" -d 'Show who holds the write lock, the queue of prompt turns and the fence state'
+complete -c sessionlock -n "__fish_sessionlock_needs_command" -f -a "gc" -d 'Remove the sidecars in a directory whose session file is gone and which nobody uses (kept outputs stay unless --kept)'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s t -s w -l timeout -l wait -d 'Give up on the write lock after this long (e.g. 500ms, 30s, 5m; a bare number is seconds, as in flock -w)' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit status when the lock (or turn) is busy or not obtained in time' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l max-hold -d 'Stop the command (and its descendants) if it runs longer than this: SIGTERM, then SIGKILL after --grace' -r
@@ -80,3 +81,6 @@ complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s V 
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand status" -l json -d 'Print one JSON object (stable field names, see the README) instead of text'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand status" -s h -l help -d 'Print help'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand status" -s V -l version -d 'Print version'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand gc" -l kept -d 'Remove kept outputs (replies that were never committed) too'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand gc" -s h -l help -d 'Print help'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand gc" -s V -l version -d 'Print version'

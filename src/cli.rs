@@ -57,6 +57,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("SESSIONLOCK_REPAIR", "--repair when set to 1 or true"),
     ("SESSIONLOCK_STRICT", "--strict when set to 1 or true"),
     ("SESSIONLOCK_JSON", "status --json when set to 1 or true"),
+    ("SESSIONLOCK_GC_KEPT", "gc --kept when set to 1 or true"),
     (
         "SESSIONLOCK_SESSION",
         "given to the command: the canonical session path",
@@ -132,6 +133,9 @@ pub enum Command {
     IdleWait(IdleWaitArgs),
     /// Show who holds the write lock, the queue of prompt turns and the fence state
     Status(StatusArgs),
+    /// Remove the sidecars in a directory whose session file is gone and which nobody uses
+    /// (kept outputs stay unless --kept)
+    Gc(GcArgs),
 }
 
 /// Options of every mode that takes the write lock.
@@ -316,6 +320,16 @@ pub struct StatusArgs {
     /// The session file, or a directory: every session with a sidecar in it
     #[arg(value_name = "SESSION|DIR", value_hint = ValueHint::AnyPath)]
     pub session: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Remove kept outputs (replies that were never committed) too
+    #[arg(long, env = "SESSIONLOCK_GC_KEPT")]
+    pub kept: bool,
+    /// The directory whose sidecars to collect
+    #[arg(value_name = "DIR", value_hint = ValueHint::DirPath)]
+    pub dir: PathBuf,
 }
 
 /// A humantime duration (`500ms`, `30s`, `5m`, `1h 30m`), or a bare number of seconds (`5`,

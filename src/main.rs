@@ -10,6 +10,7 @@ mod events;
 mod exit;
 mod fault;
 mod fence;
+mod gc;
 mod key;
 mod lifecycle;
 mod sidecar;
@@ -93,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(lifecycle::execute(&config)?)
         }
         Command::Status(args) => Ok(status::show(&args.session, args.json)?),
+        Command::Gc(args) => Ok(gc::collect(&args.dir, args.kept)?),
     }
 }
 

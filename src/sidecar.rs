@@ -95,7 +95,8 @@ impl Modes {
 #[derive(Debug)]
 pub struct Sidecar {
     dir: PathBuf,
-    fd: OwnedFd,
+    /// The directory, open; replaced by `reopen` if a `gc` removed it.
+    fd: std::cell::RefCell<OwnedFd>,
     modes: Modes,
 }
 
@@ -172,7 +173,31 @@ impl Sidecar {
         } else if !modes.trusts(stat.st_uid) {
             return Err(untrusted("the sidecar", stat.st_uid, &dir));
         }
-        Ok(Some(Self { dir, fd, modes }))
+        Ok(Some(Self {
+            dir,
+            fd: std::cell::RefCell::new(fd),
+            modes,
+        }))
+    }
+
+    /// Is the open directory still the one at the sidecar's path? (A `gc` may have removed it.)
+    #[must_use]
+    pub fn is_current(&self) -> bool {
+        let Ok(open) = nix::sys::stat::fstat(&*self.fd.borrow()) else {
+            return false;
+        };
+        // The casts are for the platforms whose `stat` fields are not `u64`.
+        #[allow(clippy::unnecessary_cast)]
+        fs::symlink_metadata(&self.dir).is_ok_and(|m| {
+            m.is_dir() && m.ino() == open.st_ino as u64 && m.dev() == open.st_dev as u64
+        })
+    }
+
+    /// Open the sidecar of `key` again, creating it if a `gc` removed it meanwhile.
+    pub fn reopen(&self, key: &Key) -> Result<(), Failure> {
+        let fresh = Self::open(key, true)?.expect("created");
+        *self.fd.borrow_mut() = fresh.fd.into_inner();
+        Ok(())
     }
 
     /// The sidecar directory.
@@ -202,7 +227,7 @@ impl Sidecar {
         let mut created = false;
         let fd = if write {
             match nix::fcntl::openat(
-                &self.fd,
+                &*self.fd.borrow(),
                 LOCK,
                 base | OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
                 Mode::from_bits_truncate(0o600),
@@ -211,13 +236,21 @@ impl Sidecar {
                     created = true;
                     Ok(fd)
                 }
-                Err(nix::errno::Errno::EEXIST) => {
-                    nix::fcntl::openat(&self.fd, LOCK, base | OFlag::O_RDWR, Mode::empty())
-                }
+                Err(nix::errno::Errno::EEXIST) => nix::fcntl::openat(
+                    &*self.fd.borrow(),
+                    LOCK,
+                    base | OFlag::O_RDWR,
+                    Mode::empty(),
+                ),
                 Err(e) => Err(e),
             }
         } else {
-            nix::fcntl::openat(&self.fd, LOCK, base | OFlag::O_RDONLY, Mode::empty())
+            nix::fcntl::openat(
+                &*self.fd.borrow(),
+                LOCK,
+                base | OFlag::O_RDONLY,
+                Mode::empty(),
+            )
         };
         let fd = fd.map_err(|e| {
             let err = io::Error::from(e);
@@ -262,12 +295,24 @@ impl Sidecar {
         Ok(file)
     }
 
+    /// The lock file, read+write, if it exists (never created): for `gc`.
+    pub fn open_existing_lock(&self) -> Result<Option<File>, Failure> {
+        if !self.has(LOCK) {
+            return Ok(None);
+        }
+        self.open_lock(true).map(Some)
+    }
+
     /// Does the lock file's path still name the file open as `file`?
     pub fn still_names(&self, file: &File) -> io::Result<bool> {
         let open = file.metadata()?;
         // The casts are for the platforms whose `stat` fields are not `u64`.
         #[allow(clippy::unnecessary_cast)]
-        match nix::sys::stat::fstatat(&self.fd, LOCK, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        match nix::sys::stat::fstatat(
+            &*self.fd.borrow(),
+            LOCK,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
             Ok(st) => Ok(st.st_dev as u64 == open.dev() && st.st_ino as u64 == open.ino()),
             Err(nix::errno::Errno::ENOENT) => Ok(false),
             Err(e) => Err(e.into()),
@@ -277,7 +322,12 @@ impl Sidecar {
     /// Does an entry `name` exist in the sidecar (not following a symlink)?
     #[must_use]
     pub fn has(&self, name: &str) -> bool {
-        nix::sys::stat::fstatat(&self.fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+        nix::sys::stat::fstatat(
+            &*self.fd.borrow(),
+            name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
     }
 
     /// A subdirectory (`out`, `kept`), created with the sidecar's modes if missing; a symlink,

@@ -129,8 +129,103 @@ pub struct IntentView {
     pub new_len: u64,
 }
 
-/// Print the status of `input` to stdout; exit 0 also when there is no sidecar yet.
+/// One session of `status DIR`.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub session: String,
+    pub exists: bool,
+    /// The write lock's holder (pid, when known), or null when it is free.
+    pub holder: Option<HolderView>,
+    pub queue: usize,
+    pub others: usize,
+    /// The age of the oldest live turn or wrapper, in milliseconds.
+    pub oldest_age_ms: Option<u64>,
+    pub kept: usize,
+    pub problems: Vec<String>,
+}
+
+/// `status DIR`: every session with a sidecar in `dir`.
+fn show_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
+    use std::fmt::Write;
+    let mut sessions = Vec::new();
+    for (session, _) in crate::gc::sidecars_in(dir)? {
+        let r = collect(&session)?;
+        let oldest = r
+            .queue
+            .iter()
+            .filter_map(|t| t.age_ms)
+            .chain(r.others.iter().map(|o| o.age_ms))
+            .max();
+        sessions.push(Summary {
+            session: r.session,
+            exists: r.file.exists,
+            holder: r.lock.holder,
+            queue: r.queue.len(),
+            others: r.others.len(),
+            oldest_age_ms: oldest,
+            kept: r.kept.len(),
+            problems: r.problems,
+        });
+    }
+    if json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "dir": dir.to_string_lossy(),
+            "sessions": sessions,
+        }))
+        .expect("a summary always serializes");
+        println!("{text}");
+        return Ok(0);
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} session(s) with a sidecar in {}",
+        sessions.len(),
+        dir.display()
+    );
+    for s in &sessions {
+        let holder = match &s.holder {
+            Some(h) => h.pid.map_or_else(
+                || "held (unknown holder)".into(),
+                |p| format!("held by pid {p}"),
+            ),
+            None => "free".to_owned(),
+        };
+        let oldest = s.oldest_age_ms.map(seconds).unwrap_or_default();
+        let gone = if s.exists { "" } else { " (file gone)" };
+        let _ = writeln!(
+            out,
+            "  {}{gone}: lock {holder}; {} turn(s), {} other(s){}{}{}",
+            s.session,
+            s.queue,
+            s.others,
+            if oldest.is_empty() {
+                String::new()
+            } else {
+                format!(", oldest {oldest}")
+            },
+            if s.kept > 0 {
+                format!(", {} kept", s.kept)
+            } else {
+                String::new()
+            },
+            if s.problems.is_empty() {
+                String::new()
+            } else {
+                format!(", {} problem(s)", s.problems.len())
+            },
+        );
+    }
+    print!("{out}");
+    Ok(0)
+}
+
+/// Print the status of `input` to stdout; exit 0 also when there is no sidecar yet. A
+/// directory lists every session with a sidecar in it.
 pub fn show(input: &Path, json: bool) -> Result<u8, Failure> {
+    if input.is_dir() {
+        return show_dir(input, json);
+    }
     let report = collect(input)?;
     if json {
         let text = serde_json::to_string_pretty(&report).expect("a report always serializes");

@@ -326,3 +326,104 @@ fn on_a_terminal_a_wait_shows_one_live_line_rewritten_and_erased() {
     crate::support::wait_for("the line to be erased", || text().ends_with("\r\x1b[2K"));
     drop(reader);
 }
+
+#[test]
+fn status_of_a_directory_lists_every_session_with_its_holder_and_queue() {
+    let sandbox = Sandbox::new();
+    for s in ["a.jsonl", "b.jsonl"] {
+        sandbox.cmd(["run", s, "--", "true"]).assert().success();
+    }
+    let held = sandbox.spawn("A", sandbox.gated("prompt", "a.jsonl", "A", &[]));
+    sandbox.wait_entered("A");
+    let out = sandbox.cmd(["status", "--json", "."]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sessions = v["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{v:#}");
+    assert!(
+        sessions[0]["session"]
+            .as_str()
+            .unwrap()
+            .ends_with("a.jsonl")
+    );
+    assert_eq!(sessions[0]["queue"], 1);
+    assert!(sessions[0]["oldest_age_ms"].is_u64());
+    assert_eq!(sessions[1]["queue"], 0);
+    assert!(sessions[1]["holder"].is_null());
+    sandbox
+        .cmd(["status", "."])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("2 session(s)"))
+        .stdout(predicates::str::contains("1 turn(s)"));
+    drop(held);
+}
+
+#[test]
+fn gc_removes_unused_sidecars_of_gone_sessions_and_never_one_in_use() {
+    let sandbox = Sandbox::new();
+    // gone: its file was removed; kept: gone too, with a kept output; used: file gone, but a
+    // prompt is in its window right now; alive: its file exists.
+    for s in ["gone.jsonl", "kept.jsonl", "alive.jsonl"] {
+        sandbox
+            .cmd(["run", s, "--", "sh", "-c", &format!("echo '{{}}' > {s}")])
+            .assert()
+            .success();
+    }
+    sandbox
+        .cmd([
+            "prompt",
+            "--append",
+            "kept.jsonl",
+            "--",
+            "sh",
+            "-c",
+            "echo '{}'; exit 3",
+        ])
+        .assert()
+        .code(3);
+    let used = sandbox.spawn("U", sandbox.gated("prompt", "used.jsonl", "U", &[]));
+    sandbox.wait_entered("U");
+    fs::remove_file(sandbox.path("gone.jsonl")).unwrap();
+    fs::remove_file(sandbox.path("kept.jsonl")).unwrap();
+    let out = sandbox.cmd(["gc", "."]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!sandbox.path(".gone.jsonl.sessionlock").exists(), "{text}");
+    assert!(
+        sandbox.path(".alive.jsonl.sessionlock/lock").exists(),
+        "{text}"
+    );
+    assert!(
+        sandbox.path(".used.jsonl.sessionlock/lock").exists(),
+        "{text}"
+    );
+    assert!(
+        text.contains(".used.jsonl.sessionlock: left: in use"),
+        "{text}"
+    );
+    assert!(text.contains("kept output"), "{text}");
+    assert_eq!(
+        fs::read_dir(sandbox.path(".kept.jsonl.sessionlock/kept"))
+            .unwrap()
+            .count(),
+        1
+    );
+    // The prompt in use goes on and leaves no trace; --kept removes the kept outputs too.
+    sandbox.open("U");
+    let mut used = used;
+    assert_eq!(used.wait_code(), 0);
+    sandbox.cmd(["gc", "--kept", "."]).assert().success();
+    for s in ["kept", "used"] {
+        assert!(
+            !sandbox.path(format!(".{s}.jsonl.sessionlock")).exists(),
+            "{s}"
+        );
+    }
+    // A wrapper on a collected session simply makes a new sidecar.
+    sandbox
+        .cmd(["run", "gone.jsonl", "--", "true"])
+        .assert()
+        .success();
+    sandbox.assert_no_trace("gone.jsonl");
+}

@@ -218,6 +218,81 @@ pub fn describe_holder(conflict: &lock::Conflict, slot: Option<&Slot>) -> String
     }
 }
 
+/// What `gc` did with one sidecar.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Collected {
+    /// Removed whole.
+    Removed,
+    /// Someone holds a lock in it: left alone.
+    InUse,
+    /// The session file exists (again): left alone.
+    SessionExists,
+    /// Its lock state is removed; these kept outputs stay (the sidecar with them).
+    KeptOutputs(usize),
+}
+
+/// Remove the sidecar of a session file that is gone, if nobody uses it: its lock file is
+/// unlinked only while holding the write lock and with no slot and no turn held (a wrapper that
+/// opened it earlier re-checks, after locking, that the path still names its file). Kept
+/// outputs are removed only with `kept`.
+pub fn collect_unused(
+    sidecar: &Sidecar,
+    session: &std::path::Path,
+    kept: bool,
+) -> Result<Collected, Failure> {
+    let lock_path = sidecar.path(sidecar::LOCK);
+    let io = |e: io::Error| Failure::io("cannot collect the sidecar", &e, &lock_path);
+    let file = sidecar.open_existing_lock()?;
+    if let Some(file) = &file {
+        let write = Range::byte(layout::WRITE_BYTE);
+        if !lock::try_lock(file, LockKind::Write, write).map_err(io)? {
+            return Ok(Collected::InUse);
+        }
+        let slots = Range::span(
+            layout::SLOT_LOCKS,
+            layout::SLOT_LOCKS + u64::from(layout::SLOTS),
+        );
+        if lock::probe(file, LockKind::Read, slots)
+            .map_err(io)?
+            .is_some()
+            || lock::probe(file, LockKind::Read, TURNS)
+                .map_err(io)?
+                .is_some()
+        {
+            return Ok(Collected::InUse);
+        }
+    }
+    if std::fs::symlink_metadata(session).is_ok() {
+        return Ok(Collected::SessionExists);
+    }
+    let outputs: Vec<std::path::PathBuf> = [commit::OUT, commit::KEPT]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(sidecar.path(d)).ok())
+        .flat_map(|entries| entries.filter_map(Result::ok).map(|e| e.path()))
+        .collect();
+    let non_empty = outputs
+        .iter()
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.len() > 0))
+        .count();
+    if file.is_some() {
+        std::fs::remove_file(&lock_path).map_err(io)?;
+    }
+    if non_empty > 0 && !kept {
+        return Ok(Collected::KeptOutputs(non_empty));
+    }
+    for path in &outputs {
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    for d in [commit::OUT, commit::KEPT] {
+        let _ = std::fs::remove_dir(sidecar.path(d));
+    }
+    // Only if empty: a wrapper that created a new lock file meanwhile keeps it.
+    match std::fs::remove_dir(sidecar.dir()) {
+        Ok(()) => Ok(Collected::Removed),
+        Err(_) => Ok(Collected::InUse),
+    }
+}
+
 /// Coordination through the one lock file in the sidecar.
 pub struct Files<'a> {
     config: &'a Config,
@@ -274,7 +349,7 @@ impl<'a> Files<'a> {
     /// Open (creating on first use) the sidecar and its lock file.
     pub fn open(config: &'a Config, signals: &'a Signals) -> Result<Self, Failure> {
         let sidecar = Sidecar::open(&config.key, true)?.expect("created");
-        let shared = Self::open_shared(&sidecar)?;
+        let shared = Self::open_shared_again(&sidecar, config)?;
         Ok(Self {
             config,
             sidecar,
@@ -283,6 +358,21 @@ impl<'a> Files<'a> {
             turn_wait_started: Cell::new(None),
             turn_noticed: Cell::new(false),
         })
+    }
+
+    /// The lock file; if a `gc` removed the whole sidecar just now, create it again (a few
+    /// times: a `gc` only removes a sidecar nobody uses).
+    fn open_shared_again(sidecar: &Sidecar, config: &Config) -> Result<Shared, Failure> {
+        let mut tries = 0;
+        loop {
+            match Self::open_shared(sidecar) {
+                Err(_) if tries < 3 && !sidecar.is_current() => {
+                    tries += 1;
+                    sidecar.reopen(&config.key)?;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn open_shared(sidecar: &Sidecar) -> Result<Shared, Failure> {
@@ -549,7 +639,8 @@ impl Coordinator for Files<'_> {
                 Ok(true) => {}
                 Ok(false) if phase == Phase::Enter && ticket.is_none() => {
                     drop(guard);
-                    *self.shared.borrow_mut() = Rc::new(Self::open_shared(&self.sidecar)?);
+                    *self.shared.borrow_mut() =
+                        Rc::new(Self::open_shared_again(&self.sidecar, config)?);
                     continue;
                 }
                 Ok(false) => {
