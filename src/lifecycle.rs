@@ -86,6 +86,9 @@ fn execute_with(config: &Config, events: &Events) -> Result<u8, Failure> {
         Failure::io("cannot install signal handlers", &e, config.key.path())
             .with_kind_if(Kind::Io, Kind::Software)
     })?;
+    if let Some(fs) = crate::netfs::detect(config.key.dir()) {
+        config.notice(&crate::netfs::warning(fs, config.key.dir()));
+    }
     let files = Files::open(config, &signals)?;
     let ctx = Ctx {
         config,

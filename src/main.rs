@@ -13,6 +13,7 @@ mod fence;
 mod gc;
 mod key;
 mod lifecycle;
+mod netfs;
 mod sidecar;
 mod signal;
 mod status;

@@ -427,3 +427,29 @@ fn gc_removes_unused_sidecars_of_gone_sessions_and_never_one_in_use() {
         .success();
     sandbox.assert_no_trace("gone.jsonl");
 }
+
+#[test]
+fn a_session_on_a_network_file_system_gets_one_warning_and_quiet_silences_it() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .cmd(["run", "s.jsonl", "--", "true"])
+        .env("SESSIONLOCK_TEST_FSTYPE", "0x6969")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is on NFS"), "{stderr}");
+    sandbox
+        .cmd(["run", "-q", "s.jsonl", "--", "true"])
+        .env("SESSIONLOCK_TEST_FSTYPE", "0x6969")
+        .assert()
+        .success()
+        .stderr("");
+    // A local file system says nothing.
+    sandbox
+        .cmd(["run", "s.jsonl", "--", "true"])
+        .assert()
+        .success()
+        .stderr("");
+}
