@@ -33,12 +33,22 @@ pub fn generate(dir: &Path) -> anyhow::Result<()> {
             },
         )?;
     }
-    clap_mangen::generate_to(command, &man)
-        .with_context(|| format!("cannot write man pages to {}", man.display()))?;
-    // The top page again, with real EXIT STATUS, FILES and ENVIRONMENT sections instead of
-    // clap_mangen's generic one for the --help text.
-    let page = man.join("sessionlock.1");
-    fs::write(&page, top_page()?).with_context(|| format!("cannot write {}", page.display()))?;
+    command.build();
+    for sub in command.get_subcommands() {
+        let name = format!("sessionlock-{}", sub.get_name());
+        let mut out = Vec::new();
+        // A name for the life of this short process: clap wants it static.
+        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+        page(sub.clone().name(leaked)).render(&mut out)?;
+        let path = man.join(format!("{name}.1"));
+        fs::write(&path, polish(&out, SUB_SEE_ALSO))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // The top page, with real EXIT STATUS, FILES, ENVIRONMENT, EXAMPLES and SEE ALSO sections
+    // instead of clap_mangen's generic one for the --help text.
+    let path = man.join("sessionlock.1");
+    fs::write(&path, polish(&top_page()?, TOP_SEE_ALSO))
+        .with_context(|| format!("cannot write {}", path.display()))?;
     let readme = dir.join("README.md");
     if let Ok(text) = fs::read_to_string(&readme) {
         fs::write(&readme, with_exit_table(&text)?)
@@ -68,11 +78,72 @@ fn with_exit_table(readme: &str) -> anyhow::Result<String> {
     Ok(format!("{}{table}{}", &readme[..start], &readme[end..]))
 }
 
+/// The date on the pages: that of the release they describe (a fixed one, so they do not drift).
+const DATE: &str = "2026-12-01";
+
+const TOP_SEE_ALSO: &str = "sessionlock-run(1), sessionlock-prompt(1), sessionlock-idle-wait(1), \
+sessionlock-status(1), sessionlock-gc(1), flock(1), timeout(1), fcntl(2)";
+const SUB_SEE_ALSO: &str = "sessionlock(1), flock(1)";
+
+/// A page with the manual's title line filled in.
+fn page(command: clap::Command) -> clap_mangen::Man {
+    clap_mangen::Man::new(command)
+        .date(DATE)
+        .manual("User Commands")
+        .source(format!("sessionlock {}", env!("CARGO_PKG_VERSION")))
+}
+
+/// Roff as `mandoc -Tlint` wants it: backticks become bold, a SEE ALSO section ends it, and no
+/// line ends in a space.
+fn polish(roff: &[u8], see_also: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(roff);
+    let mut out = String::with_capacity(text.len());
+    let mut bold = false;
+    for c in text.chars() {
+        if c == '`' {
+            out.push_str(if bold { "\\fR" } else { "\\fB" });
+            bold = !bold;
+        } else {
+            out.push(c);
+        }
+    }
+    let mut lines: Vec<String> = out.lines().map(|l| l.trim_end().to_owned()).collect();
+    lines.push(".SH \"SEE ALSO\"".into());
+    lines.push(see_also.into());
+    let mut joined = lines.join("\n");
+    joined.push('\n');
+    joined.into_bytes()
+}
+
+/// The EXAMPLES of the top page: the recipes in `examples/`.
+const EXAMPLES: &[(&str, &str)] = &[
+    (
+        "sessionlock run s.jsonl -- sh -c 'echo \"$MSG\" >> \"$SESSIONLOCK_SESSION\"'",
+        "append a user message under the write lock",
+    ),
+    (
+        "sessionlock prompt --append s.jsonl -- examples/provider-call.sh",
+        "a provider call as a prompt turn; its reply is appended if nobody changed the file",
+    ),
+    (
+        "sessionlock run --turn -n -q --append s.jsonl -- make-heartbeat",
+        "a cron heartbeat that skips a busy turn silently (exit 75)",
+    ),
+    (
+        "sessionlock run --turn s.jsonl -- compact.sh",
+        "a compaction between prompt turns, never inside a provider call's window",
+    ),
+    (
+        "sessionlock status --json s.jsonl",
+        "who holds what, for scripts",
+    ),
+];
+
 /// The roff of `sessionlock.1`.
 fn top_page() -> std::io::Result<Vec<u8>> {
     let mut command = Cli::command().disable_help_subcommand(true);
     command.build();
-    let page = clap_mangen::Man::new(command);
+    let page = page(command);
     let mut out = Vec::new();
     page.render_title(&mut out)?;
     page.render_name_section(&mut out)?;
@@ -92,6 +163,7 @@ fn top_page() -> std::io::Result<Vec<u8>> {
         Some("S is the sidecar of the session file."),
     );
     section(&mut out, "ENVIRONMENT", cli::ENVIRONMENT, None);
+    section(&mut out, "EXAMPLES", EXAMPLES, None);
     page.render_version_section(&mut out)?;
     Ok(out)
 }

@@ -69,3 +69,32 @@ fn help_and_version_go_to_stdout_with_status_0() {
         .success()
         .stdout(predicates::str::contains("--conflict-exit-code"));
 }
+
+#[test]
+fn the_man_pages_pass_mandoc_lint() {
+    let Ok(version) = std::process::Command::new("mandoc").arg("-V").output() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mandoc is missing under CI: .ci/run installs it"
+        );
+        eprintln!("skipped: mandoc is not installed");
+        return;
+    };
+    drop(version);
+    let man = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    for page in files_under(&man).keys() {
+        let out = std::process::Command::new("mandoc")
+            .args(["-Tlint", "-W", "warning"])
+            .arg(man.join(page))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(said.trim().is_empty(), "{page}: {said}");
+        let text = fs::read_to_string(man.join(page)).unwrap();
+        assert!(!text.contains('`'), "{page} shows literal backticks");
+        assert!(text.contains("SEE ALSO"), "{page} has no SEE ALSO");
+    }
+    let top = fs::read_to_string(man.join("sessionlock.1")).unwrap();
+    assert!(top.contains(".SH \"EXAMPLES\""));
+}

@@ -2,6 +2,7 @@
 
 mod commit;
 mod docs;
+mod examples;
 mod faults;
 mod holes;
 mod hostile;

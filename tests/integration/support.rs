@@ -77,6 +77,18 @@ impl Sandbox {
         cmd
     }
 
+    /// Any program in the sandbox, for `assert_cmd`, with no `SESSIONLOCK_*` of the caller's.
+    pub fn program(&self, program: impl AsRef<OsStr>) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::new(program);
+        cmd.current_dir(&self.root);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SESSIONLOCK_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd
+    }
+
     /// `MODE -v [EXTRA] SESSION -- gate NAME`: a wrapper whose window stays open until
     /// `open(NAME)`; `-v` makes it say at once when it waits.
     pub fn gated(&self, mode: &str, session: &str, name: &str, extra: &[&str]) -> Vec<String> {
