@@ -4,13 +4,16 @@
 //! process group (so a terminal's Ctrl-C reaches it directly) and receives no lock descriptor.
 //! Signals sent to the wrapper with kill(2) are forwarded to it once; the wrapper then waits for it.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use nix::libc;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -24,65 +27,284 @@ pub struct Spec<'a> {
     /// Extra environment (`SESSIONLOCK_SESSION`, `SESSIONLOCK_MODE`, ...).
     pub env: Vec<(&'static str, OsString)>,
     /// Where its stdout goes; `None` inherits the wrapper's.
-    pub stdout: Option<Stdio>,
+    pub stdout: Option<OwnedFd>,
     /// What it gets if the wrapper dies first (Linux: `PR_SET_PDEATHSIG`), so that no command
     /// runs on after its wrapper, on a lock nobody holds any more.
     pub parent_death: Signal,
 }
 
-/// Start the child. `session` names the file in the error line.
-pub fn spawn(spec: Spec<'_>, session: &Path) -> Result<Child, Failure> {
-    let (program, args) = spec
-        .argv
-        .split_first()
-        .expect("a command was checked to exist");
-    let mut command = Command::new(program);
-    command.args(args).envs(spec.env);
-    if let Some(stdout) = spec.stdout {
-        command.stdout(stdout);
+/// The command, running.
+pub struct Running {
+    pid: Pid,
+}
+
+impl Running {
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.pid.as_raw() as u32
     }
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use std::os::unix::process::CommandExt;
-        let signal = spec.parent_death;
-        let parent = nix::unistd::getpid();
-        let test_orphan = crate::fault::hook("orphan-at-spawn");
-        // SAFETY: between fork and exec this calls only sigaction(2), prctl(2), getppid(2),
-        // kill(2) and _exit(2), which are async-signal-safe, and allocates nothing: every
-        // failure ends the child with _exit, never with an `io::Error` (which would allocate,
-        // and which std would report to a parent that may be gone, printing an unprefixed
-        // "fatal runtime error" line).
-        unsafe {
-            command.pre_exec(move || {
-                // Until exec the wrapper's handlers are still installed here: a signal would
-                // only write to the wrapper's self-pipe and be lost. Back to the defaults first,
-                // keeping what the caller ignored ignored.
-                if signal::restore_defaults().is_err()
-                    || nix::sys::prctl::set_pdeathsig(signal).is_err()
-                {
-                    nix::libc::_exit(exit::Kind::CannotExecute.code().into());
-                }
-                if test_orphan {
-                    // Tests: the wrapper dies right here, as a SIGKILL at this instant would.
-                    let _ = nix::sys::signal::kill(parent, nix::sys::signal::Signal::SIGKILL);
-                    while nix::unistd::getppid() == parent {
-                        std::hint::spin_loop();
-                    }
-                }
-                // The wrapper died before the prctl took effect: the signal will never come,
-                // and nobody waits for this command. End quietly.
-                if nix::unistd::getppid() != parent {
-                    nix::libc::_exit(exit::signalled(signal as i32).into());
-                }
-                Ok(())
-            });
+
+    /// Its status, if it has ended (and is reaped now).
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid(2) with a valid pointer.
+            let rc = unsafe { libc::waitpid(self.pid.as_raw(), &raw mut status, libc::WNOHANG) };
+            match rc {
+                0 => return Ok(None),
+                -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                -1 => return Err(io::Error::last_os_error()),
+                _ => return Ok(Some(ExitStatus::from_raw(status))),
+            }
         }
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = spec.parent_death;
+}
+
+/// Start the child. `session` names the file in the error line.
+pub fn spawn(spec: Spec<'_>, session: &Path) -> Result<Running, Failure> {
+    let program = spec.argv.first().expect("a command was checked to exist");
+    let fail = |e: &io::Error| spawn_failure(program, e, session);
+    let path = resolve(program).map_err(|e| fail(&e))?;
+    let argv = spec
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| fail(&e))?;
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !spec.env.iter().any(|(extra, _)| k == extra))
+        .collect();
+    env.extend(spec.env.into_iter().map(|(k, v)| (OsString::from(k), v)));
+    let envp = env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            cstring(&kv)
+        })
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| fail(&e))?;
+    let pid = start(&path, &argv, &envp, spec.stdout.as_ref(), spec.parent_death)
+        .map_err(|e| fail(&e))?;
+    Ok(Running { pid })
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in an argument"))
+}
+
+/// The program's path as execvp(3) would find it: as given if it has a slash, else the first
+/// executable file of that name in PATH. Found in the parent: the child only calls execve.
+fn resolve(program: &OsStr) -> io::Result<CString> {
+    if program.as_bytes().contains(&b'/') {
+        return cstring(program.as_bytes());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/bin:/usr/bin".into());
+    let mut denied = false;
+    for dir in std::env::split_paths(&path) {
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::PathBuf::from(".")
+        } else {
+            dir
+        };
+        let candidate = dir.join(program);
+        let Ok(meta) = std::fs::metadata(&candidate) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let c = cstring(candidate.as_os_str().as_bytes())?;
+        // SAFETY: access(2) with a valid C string.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
+            return Ok(c);
+        }
+        denied = true;
+    }
+    Err(io::Error::from_raw_os_error(if denied {
+        libc::EACCES
+    } else {
+        libc::ENOENT
+    }))
+}
+
+/// What the child needs between clone and exec, all prepared by the parent: the child shares
+/// the parent's memory (`CLONE_VM`) and only reads this, and writes `errno` on failure.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+struct Launch {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    stdout: libc::c_int,
+    parent_death: libc::c_int,
+    parent: libc::pid_t,
+    test_orphan: bool,
+    mask: libc::sigset_t,
+    errno: libc::c_int,
+}
+
+/// Start the command the way `posix_spawn(3)` does (`clone` with `CLONE_VM | CLONE_VFORK`: no copy
+/// of the wrapper's page tables, no copy-on-write faults, the parent waits until the exec), but
+/// with the parent-death signal that `posix_spawn` cannot set.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn start(
+    path: &CString,
+    argv: &[CString],
+    envp: &[CString],
+    stdout: Option<&OwnedFd>,
+    parent_death: Signal,
+) -> io::Result<Pid> {
+    let argv_ptrs: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp_ptrs: Vec<*const libc::c_char> = envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // SAFETY: an all-zero sigset_t is a valid (empty) value; it is filled in below.
+    let mut launch = Launch {
+        path: path.as_ptr(),
+        argv: argv_ptrs.as_ptr(),
+        envp: envp_ptrs.as_ptr(),
+        stdout: stdout.map_or(-1, AsRawFd::as_raw_fd),
+        parent_death: parent_death as libc::c_int,
+        parent: nix::unistd::getpid().as_raw(),
+        test_orphan: crate::fault::hook("orphan-at-spawn"),
+        mask: unsafe { std::mem::zeroed() },
+        errno: 0,
+    };
+    let mut stack = vec![0u8; 64 * 1024];
+    // SAFETY: within the allocation; the stack grows down from its 16-byte aligned top.
+    let top = unsafe { stack.as_mut_ptr().add(stack.len()) };
+    let top = (top as usize & !15) as *mut libc::c_void;
+    // Every signal blocked from before the clone until the child has reset its handlers: none
+    // can run a wrapper handler in the child (which shares the wrapper's memory).
+    // SAFETY: sigfillset and pthread_sigmask with valid pointers.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&raw mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &raw const all, &raw mut launch.mask);
+        let pid = libc::clone(
+            child_main,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&raw mut launch).cast(),
+        );
+        let err = io::Error::last_os_error();
+        libc::pthread_sigmask(
+            libc::SIG_SETMASK,
+            &raw const launch.mask,
+            std::ptr::null_mut(),
+        );
+        if pid == -1 {
+            return Err(err);
+        }
+        pid
+    };
+    drop(stack);
+    // SAFETY: the child has exec'd or exited (CLONE_VFORK): it no longer writes `launch`.
+    let errno = unsafe { std::ptr::read_volatile(&raw const launch.errno) };
+    if errno != 0 {
+        let mut status = 0;
+        // SAFETY: reaping the child that failed to exec.
+        unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        return Err(io::Error::from_raw_os_error(errno));
+    }
+    Ok(Pid::from_raw(pid))
+}
+
+/// The child, between clone and exec: only async-signal-safe system calls, no allocation, no
+/// lock (the wrapper's memory is shared, and another thread may hold the allocator's lock).
+/// Every failure ends it with `_exit`, quietly.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the parent's `Launch`, alive until this child execs or exits.
+    let launch = unsafe { &mut *arg.cast::<Launch>() };
+    let fail = |launch: &mut Launch| -> ! {
+        // SAFETY: errno is this thread's; _exit(2) ends the child without running anything.
+        unsafe {
+            launch.errno = *libc::__errno_location();
+            libc::_exit(127)
+        }
+    };
+    // The wrapper's handlers would only write to its self-pipe: back to the defaults, keeping
+    // what the caller ignored ignored.
+    if signal::restore_defaults().is_err() {
+        fail(launch);
+    }
+    // SAFETY: plain system calls with integer arguments and valid pointers.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, launch.parent_death, 0, 0, 0) == -1 {
+            fail(launch);
+        }
+        if launch.test_orphan {
+            // Tests: the wrapper dies right here, as a SIGKILL at this instant would.
+            libc::kill(launch.parent, libc::SIGKILL);
+            while libc::getppid() == launch.parent {
+                std::hint::spin_loop();
+            }
+        }
+        // The wrapper died before the prctl took effect: the signal will never come, and
+        // nobody waits for this command. End quietly.
+        if libc::getppid() != launch.parent {
+            libc::_exit(i32::from(exit::signalled(launch.parent_death)));
+        }
+        if launch.stdout >= 0 {
+            let moved = if launch.stdout == 1 {
+                libc::fcntl(1, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(launch.stdout, 1)
+            };
+            if moved == -1 {
+                fail(launch);
+            }
+        }
+        libc::pthread_sigmask(
+            libc::SIG_SETMASK,
+            &raw const launch.mask,
+            std::ptr::null_mut(),
+        );
+        libc::execve(launch.path, launch.argv, launch.envp);
+    }
+    fail(launch)
+}
+
+/// Elsewhere (macOS): fork and exec through std, resetting the handlers before exec.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn start(
+    path: &CString,
+    argv: &[CString],
+    envp: &[CString],
+    stdout: Option<&OwnedFd>,
+    parent_death: Signal,
+) -> io::Result<Pid> {
+    use std::os::unix::process::CommandExt;
+    let _ = parent_death;
+    let os = |c: &CString| OsStr::from_bytes(c.as_bytes()).to_owned();
+    let mut command = std::process::Command::new(os(path));
     command
-        .spawn()
-        .map_err(|e| spawn_failure(program, &e, session))
+        .arg0(os(&argv[0]))
+        .args(argv[1..].iter().map(os))
+        .env_clear();
+    for kv in envp {
+        if let Some((k, v)) = kv.as_bytes().split_once(|&b| b == b'=') {
+            command.env(OsStr::from_bytes(k), OsStr::from_bytes(v));
+        }
+    }
+    if let Some(fd) = stdout {
+        command.stdout(std::process::Stdio::from(fd.try_clone()?));
+    }
+    // SAFETY: only sigaction(2) between fork and exec.
+    unsafe {
+        command.pre_exec(|| signal::restore_defaults().map_err(io::Error::from));
+    }
+    let child = command.spawn()?;
+    Ok(Pid::from_raw(child.id() as i32))
 }
 
 fn spawn_failure(program: &OsStr, err: &io::Error, session: &Path) -> Failure {
@@ -125,7 +347,11 @@ pub struct Ended {
 
 /// Wait for the child, forwarding terminating signals the wrapper receives to it, and stopping
 /// it when it runs past `max_hold`.
-pub fn wait(child: &mut Child, signals: &Signals, max_hold: Option<MaxHold>) -> io::Result<Ended> {
+pub fn wait(
+    child: &mut Running,
+    signals: &Signals,
+    max_hold: Option<MaxHold>,
+) -> io::Result<Ended> {
     let pid = Pid::from_raw(child.id() as i32);
     let mut next = max_hold.and_then(|m| signal::deadline(m.after));
     let mut stopped = None;

@@ -9,10 +9,9 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::thread::{self, JoinHandle};
 
 use nix::errno::Errno;
@@ -163,9 +162,9 @@ pub fn capture_path(sidecar_dir: &Path, id: u64) -> PathBuf {
 }
 
 impl Capture {
-    /// Create a new capture; return it with the `Stdio` to give the child as stdout. `label`
+    /// Create a new capture; return it with the descriptor to give the child as stdout. `label`
     /// names the turn in kept files.
-    pub fn start(sidecar: &Sidecar, label: &str, tee: bool) -> Result<(Self, Stdio), Failure> {
+    pub fn start(sidecar: &Sidecar, label: &str, tee: bool) -> Result<(Self, OwnedFd), Failure> {
         sidecar.subdir(OUT)?;
         let (id, path, file) = loop {
             let id = unique_id();
@@ -187,7 +186,7 @@ impl Capture {
                 Tee::start(child_end).map_err(|e| Failure::io("cannot start --tee", &e, &path))?;
             (Some(tee), stdio)
         } else {
-            (None, Stdio::from(child_end))
+            (None, OwnedFd::from(child_end))
         };
         Ok((
             Self {
@@ -304,7 +303,7 @@ fn unique_id() -> u64 {
 }
 
 impl Tee {
-    fn start(mut file: File) -> io::Result<(Self, Stdio)> {
+    fn start(mut file: File) -> io::Result<(Self, OwnedFd)> {
         let (read, write) = nix::unistd::pipe()?;
         let (stop_read, stop) = nix::unistd::pipe()?;
         for fd in [&read, &write, &stop_read, &stop] {
@@ -386,7 +385,7 @@ impl Tee {
             None,
         )?;
         let thread = spawned?;
-        Ok((Self { thread, stop }, Stdio::from(write)))
+        Ok((Self { thread, stop }, write))
     }
 }
 

@@ -10,7 +10,6 @@
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
 
 use crate::child;
 use crate::commit::{self, Capture, KeepReason};
@@ -356,7 +355,10 @@ fn publish<C: Coordinator>(c: &C, lock: &C::WriteLock, succeeded: bool) {
 }
 
 /// With `--append`: start capturing the child's stdout into the sidecar.
-fn start_capture(ctx: &Ctx<'_>, label: &str) -> Result<(Option<Capture>, Option<Stdio>), Failure> {
+fn start_capture(
+    ctx: &Ctx<'_>,
+    label: &str,
+) -> Result<(Option<Capture>, Option<std::os::fd::OwnedFd>), Failure> {
     let Some(commit) = ctx.config.commit else {
         return Ok((None, None));
     };
@@ -521,7 +523,11 @@ impl Ran {
 }
 
 /// Start the child, wait for it (forwarding signals), and return the code it maps to.
-fn run_child(ctx: &Ctx<'_>, label: &str, stdout: Option<Stdio>) -> Result<Ran, Failure> {
+fn run_child(
+    ctx: &Ctx<'_>,
+    label: &str,
+    stdout: Option<std::os::fd::OwnedFd>,
+) -> Result<Ran, Failure> {
     let config = ctx.config;
     let mut env: Vec<(&'static str, OsString)> = vec![
         (

@@ -8,6 +8,7 @@ mod coord;
 mod docs;
 mod events;
 mod exit;
+mod fastpath;
 mod fault;
 mod fence;
 mod gc;
@@ -39,9 +40,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) => return usage_error(&err),
+    let cli = match fastpath::parse(&args) {
+        Some(cli) => cli,
+        None => match Cli::try_parse_from(&args) {
+            Ok(cli) => cli,
+            Err(err) => return usage_error(&err),
+        },
     };
     let outcome = run(cli);
     commit::flush_tee();

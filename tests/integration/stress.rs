@@ -299,6 +299,25 @@ fn kill_somewhere(pid: i32, rng: &mut Rng) {
     }
 }
 
+/// The next wrapper keeps the captures of wrappers that died in their window (or removes them
+/// if empty): after it, only the lock file and kept outputs may be left. A killed wrapper's
+/// command may live a moment longer, still writing its capture: look again until the
+/// deadline, then let the checker report what is left.
+fn sweep_abandoned(sandbox: &Sandbox) {
+    let sidecar = sandbox.path("d/.s.jsonl.sessionlock");
+    let swept_by = Instant::now() + crate::support::DEADLINE;
+    loop {
+        sandbox
+            .cmd(["run", "-q", "d/s.jsonl", "--", "true"])
+            .assert()
+            .success();
+        if leftovers(&sidecar).is_empty() || Instant::now() > swept_by {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Run one round and gather the evidence.
 pub fn round(plan: Plan) -> Evidence {
     let sandbox = Sandbox::new();
@@ -390,6 +409,7 @@ pub fn round(plan: Plan) -> Evidence {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+    sweep_abandoned(&sandbox);
     let status = sandbox.status("d/s.jsonl");
     Evidence {
         log: sandbox.read("log"),

@@ -253,9 +253,16 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Kill the whole group, and wait until it is gone: a killed wrapper's command must not
+    /// linger into what the test does next.
     fn drop(&mut self) {
-        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+        let group = Pid::from_raw(self.pid());
+        let _ = killpg(group, Signal::SIGKILL);
         let _ = self.child.wait();
+        let started = Instant::now();
+        while killpg(group, None).is_ok() && started.elapsed() < DEADLINE {
+            std::thread::sleep(POLL);
+        }
     }
 }
 
