@@ -260,10 +260,29 @@ impl Drop for Proc {
         let _ = killpg(group, Signal::SIGKILL);
         let _ = self.child.wait();
         let started = Instant::now();
-        while killpg(group, None).is_ok() && started.elapsed() < DEADLINE {
+        while group_alive(group.as_raw()) && started.elapsed() < DEADLINE {
             std::thread::sleep(POLL);
         }
     }
+}
+
+/// Does process group `pgid` have a member that is not a zombie? (A zombie holds nothing; who
+/// reaps it, and when, is up to init.)
+pub fn group_alive(pgid: i32) -> bool {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|e| {
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // After the parenthesised name: state, ppid, pgrp.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+    })
 }
 
 /// Has process `pid` ended (gone, or a zombie nobody reaped yet)?
