@@ -1,5 +1,6 @@
 //! Integration tests: the real binary, real processes contending for real locks.
 
+mod bench;
 mod commit;
 mod docs;
 mod examples;
