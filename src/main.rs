@@ -49,6 +49,7 @@ fn main() -> ExitCode {
     };
     let outcome = run(cli);
     commit::flush_tee();
+    report_peak_memory();
     match outcome {
         Ok(code) => exit::finish(code),
         Err(err) => {
@@ -100,6 +101,23 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Status(args) => Ok(status::show(&args.session, args.json)?),
         Command::Gc(args) => Ok(gc::collect(&args.dir, args.kept)?),
+    }
+}
+
+/// For the benchmark harness: with `SESSIONLOCK_BENCH_RSS=FILE`, append this process's peak
+/// resident memory (`VmHWM`, of its own address space: `wait4`'s figure also counts the memory
+/// of whoever started it) to FILE.
+fn report_peak_memory() {
+    let Some(path) = std::env::var_os("SESSIONLOCK_BENCH_RSS") else {
+        return;
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+        let _ = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Config {
     pub contenders: usize,
     pub turns_each: usize,
     pub scale: Vec<usize>,
+    /// Another build of sessionlock to compare in the overhead table (the plain
+    /// `cargo install` build, when the static one is measured).
+    pub also: Option<PathBuf>,
 }
 
 /// One table row.
@@ -94,7 +97,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// 1. Uncontended overhead: each command once a round, interleaved; the mean and median.
 pub fn overhead(c: &Config, dir: &Path) -> Vec<Row> {
     let s = c.sessionlock.as_os_str();
-    let cmds: Vec<(&str, Vec<OsString>)> = vec![
+    let mut cmds: Vec<(&str, Vec<OsString>)> = vec![
         ("true", vec!["true".into()]),
         (
             "flock FILE true",
@@ -121,6 +124,19 @@ pub fn overhead(c: &Config, dir: &Path) -> Vec<Row> {
             ],
         ),
     ];
+    if let Some(other) = &c.also {
+        let o = other.as_os_str();
+        cmds.push((
+            "sessionlock run -- true (plain cargo install build)",
+            vec![
+                o.into(),
+                "run".into(),
+                "s2.jsonl".into(),
+                "--".into(),
+                "true".into(),
+            ],
+        ));
+    }
     let mut times = vec![Vec::new(); cmds.len()];
     for round in 0..c.overhead_rounds + 5 {
         for (i, (_, argv)) in cmds.iter().enumerate() {
@@ -178,11 +194,14 @@ fn until(what: &str, mut check: impl FnMut() -> bool) {
 
 /// Handoff (2.): a holder and `waiters` queued behind it; from one command's end to the next
 /// command's start, through sessionlock prompt turns and through a chain of flock(1).
+#[allow(clippy::too_many_lines)]
 pub fn handoff(c: &Config, dir: &Path) -> Vec<Row> {
     let mut rows = Vec::new();
     // sessionlock's own part, from its event log: a turn left, the next window opened.
     let mut mechanism = Vec::new();
-    for tool in ["sessionlock prompt", "flock"] {
+    // The event log costs a few writes a step: the handoff figures are taken without it, and
+    // sessionlock's own part in rounds of their own, with it.
+    for tool in ["sessionlock prompt", "flock", "events"] {
         let mut gaps = Vec::new();
         for round in 0..c.handoff_rounds {
             let events = dir.join(format!("events-{round}"));
@@ -215,9 +234,11 @@ pub fn handoff(c: &Config, dir: &Path) -> Vec<Row> {
                     cmd
                 } else {
                     let mut cmd = Command::new(&c.sessionlock);
-                    cmd.args(["prompt", "-q", "--events-file"])
-                        .arg(&events)
-                        .args(["chain.jsonl", "--"]);
+                    cmd.args(["prompt", "-q"]);
+                    if tool == "events" {
+                        cmd.arg("--events-file").arg(&events);
+                    }
+                    cmd.args(["chain.jsonl", "--"]);
                     cmd
                 };
                 cmd.args(inner)
@@ -255,9 +276,12 @@ pub fn handoff(c: &Config, dir: &Path) -> Vec<Row> {
             for w in s.windows(2) {
                 gaps.push((w[1].1 - w[0].1) as f64 / 1e6);
             }
-            if tool != "flock" {
+            if tool == "events" {
                 mechanism.extend(left_to_window(&events));
             }
+        }
+        if tool == "events" {
+            continue;
         }
         gaps.sort_by(f64::total_cmp);
         rows.push(Row(
@@ -318,6 +342,28 @@ fn queue_len(c: &Config, dir: &Path, session: &str) -> usize {
     v["queue"].as_array().map_or(0, Vec::len)
 }
 
+/// Pairs of turns granted in the opposite order of their tickets (`EPOCH.TICKET`).
+fn ticket_inversions(events: &Path) -> usize {
+    let mut granted: Vec<((u64, u64), f64)> = fs::read_to_string(events)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            if v["event"] != "turn-granted" {
+                return None;
+            }
+            let (e, t) = v["ticket"].as_str()?.split_once('.')?;
+            Some(((e.parse().ok()?, t.parse().ok()?), v["ms"].as_f64()?))
+        })
+        .collect();
+    granted.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut inversions = 0;
+    for (i, a) in granted.iter().enumerate() {
+        inversions += granted[i + 1..].iter().filter(|b| b.0 < a.0).count();
+    }
+    inversions
+}
+
 /// Fairness (3.): `contenders` loops of `turns_each` turns at once. A FIFO violation is a
 /// pair of turns served in the opposite order of their requests, when the requests were more
 /// than 2 ms apart (closer ones may join in either order). Also the worst and the mean wait.
@@ -338,7 +384,9 @@ pub fn fairness(c: &Config, dir: &Path) -> Vec<Row> {
                             cmd
                         } else {
                             let mut cmd = Command::new(&c.sessionlock);
-                            cmd.args(["prompt", "-q", "fair.jsonl", "--"]);
+                            cmd.args(["prompt", "-q", "--events-file"])
+                                .arg(dir.join("fair-events"))
+                                .args(["fair.jsonl", "--"]);
                             cmd
                         };
                         cmd.args(&c.stamp).arg(log).arg(&name).current_dir(dir);
@@ -368,13 +416,22 @@ pub fn fairness(c: &Config, dir: &Path) -> Vec<Row> {
         let delays: Vec<f64> = turns.iter().map(|(w, g)| (g - w) as f64 / 1e6).collect();
         let mean = delays.iter().sum::<f64>() / delays.len() as f64;
         let worst = delays.iter().copied().fold(0.0, f64::max);
+        let queue = if tool == "flock" {
+            "flock(1) has no queue to observe".to_owned()
+        } else {
+            format!(
+                "{} FIFO violations in its own join order (event log)",
+                ticket_inversions(&dir.join("fair-events"))
+            )
+        };
         rows.push(Row(
             format!(
                 "{tool}: {} contenders x {} turns",
                 c.contenders, c.turns_each
             ),
             format!(
-                "{violations} FIFO violations; worst wait {}, mean {}, worst/mean {:.2}",
+                "{queue}; {violations} requests served out of order (as seen from outside, \
+                 more than 2 ms apart); worst wait {}, mean {}, worst/mean {:.2}",
                 ms(worst),
                 ms(mean),
                 worst / mean
@@ -435,33 +492,44 @@ pub fn scale(c: &Config, dir: &Path) -> Vec<Row> {
     rows
 }
 
-/// 5. Peak RSS of one wrapper (from wait4's rusage) and the binary's size.
+/// Footprint (5.): the peak resident memory of one wrapper, as it reports it
+/// (`SESSIONLOCK_BENCH_RSS`: `VmHWM` of its own address space; the `wait4` figure would count
+/// the memory of whoever started it too), and the binary's size.
 pub fn footprint(c: &Config, dir: &Path) -> Vec<Row> {
-    // Reaped by wait4 below, for its rusage.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new(&c.sessionlock)
-        .args(["prompt", "--append", "m.jsonl", "--", "echo", "{\"r\":1}"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 with valid pointers.
-    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe {
-        nix::libc::wait4(child.id() as i32, &raw mut status, 0, &raw mut usage);
+    let report = dir.join("rss");
+    let mut peaks = Vec::new();
+    for (label, args) in [
+        ("run -- true", &["run", "s.jsonl", "--", "true"][..]),
+        (
+            "prompt --append",
+            &["prompt", "--append", "m.jsonl", "--", "echo", "{\"r\":1}"][..],
+        ),
+    ] {
+        let _ = fs::remove_file(&report);
+        let status = run_quiet(
+            Command::new(&c.sessionlock)
+                .args(args)
+                .env("SESSIONLOCK_BENCH_RSS", &report)
+                .current_dir(dir),
+        );
+        assert!(status.success());
+        let text = fs::read_to_string(&report).unwrap_or_default();
+        let kib: f64 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        peaks.push(Row(
+            format!("peak RSS of one wrapper ({label})"),
+            format!("{:.2} MiB", kib / 1024.0),
+        ));
     }
     let size = fs::metadata(&c.sessionlock).unwrap().len();
-    vec![
-        Row(
-            "peak RSS of one wrapper (prompt --append)".into(),
-            format!("{:.2} MiB", usage.ru_maxrss as f64 / 1024.0),
-        ),
-        Row(
-            "binary size".into(),
-            format!("{:.2} MiB", size as f64 / 1024.0 / 1024.0),
-        ),
-    ]
+    peaks.push(Row(
+        "binary size".into(),
+        format!("{:.2} MiB", size as f64 / 1024.0 / 1024.0),
+    ));
+    peaks
 }
 
 /// Everything, in one run.

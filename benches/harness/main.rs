@@ -36,6 +36,7 @@ fn main() {
         } else {
             vec![10, 100, 500, 2000]
         },
+        also: std::env::var_os("SESSIONLOCK_BIN").map(|_| env!("CARGO_BIN_EXE_sessionlock").into()),
     };
     let report = core::run(&config);
     let machine = machine_line();
@@ -66,8 +67,13 @@ fn machine_line() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let build = if std::env::var_os("SESSIONLOCK_BIN").is_some() {
+        "the static build of README's install command"
+    } else {
+        "release profile"
+    };
     format!(
-        "Machine: {cores} cores ({cpu}), Linux {}, sessionlock {} (release profile).",
+        "Machine: {cores} cores ({cpu}), Linux {}, sessionlock {} ({build}).",
         kernel.trim(),
         env!("CARGO_PKG_VERSION")
     )

@@ -18,6 +18,7 @@ fn the_benchmark_harness_runs_every_measurement_in_a_tiny_configuration() {
         contenders: 2,
         turns_each: 2,
         scale: vec![2, 3],
+        also: Some(crate::support::bin().to_owned()),
     };
     let text = core::run(&config).markdown();
     for needle in [
@@ -26,9 +27,10 @@ fn the_benchmark_harness_runs_every_measurement_in_a_tiny_configuration() {
         "sessionlock prompt: handoff with 2 waiters",
         "flock: handoff with 2 waiters",
         "sessionlock's own part",
-        "sessionlock prompt: 2 contenders x 2 turns | 0 FIFO violations",
+        "sessionlock prompt: 2 contenders x 2 turns | 0 FIFO violations in its own join order",
         "3 turns queued at once",
-        "peak RSS",
+        "peak RSS of one wrapper (prompt --append)",
+        "plain cargo install build",
         "binary size",
     ] {
         assert!(text.contains(needle), "no {needle:?} in:\n{text}");

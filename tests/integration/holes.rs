@@ -48,6 +48,22 @@ fn sidecar_leftovers(sandbox: &Sandbox, session: &str) -> Vec<String> {
     left
 }
 
+/// A `prompt --append` of a reply of `size` bytes of `fill` that writes half of it and dies,
+/// as a SIGKILL in the middle of the write would leave it. Returns the reply.
+fn die_mid_append(sandbox: &Sandbox, fill: char, size: usize) -> String {
+    let reply = format!("{{\"big\":\"{}\"}}", fill.to_string().repeat(size));
+    fs::write(sandbox.path("reply"), format!("{reply}\n")).unwrap();
+    let mut killed = sandbox.spawn_command("K", {
+        let mut c = Command::new(crate::support::bin());
+        c.current_dir(sandbox.root())
+            .env("SESSIONLOCK_TEST_HOOK", "die-mid-append")
+            .args(["prompt", "--append", "s.jsonl", "--", "cat", "reply"]);
+        c
+    });
+    assert_eq!(killed.wait_code(), 128 + 9);
+    reply
+}
+
 #[test]
 fn hole_1_a_live_turn_is_alive_whatever_its_slot_says() {
     let sandbox = Sandbox::new();
@@ -97,16 +113,7 @@ fn hole_2_a_commit_killed_mid_write_is_rolled_back_by_the_next_holder_even_a_run
     let sandbox = Sandbox::new();
     fs::write(sandbox.path("s.jsonl"), SEED).unwrap();
     // A 200 KiB reply; the wrapper writes half of it and dies as a SIGKILL would leave it.
-    let reply = format!("{{\"big\":\"{}\"}}", "x".repeat(200 * 1024));
-    fs::write(sandbox.path("reply"), format!("{reply}\n")).unwrap();
-    let mut killed = sandbox.spawn_command("K", {
-        let mut c = Command::new(crate::support::bin());
-        c.current_dir(sandbox.root())
-            .env("SESSIONLOCK_TEST_HOOK", "die-mid-append")
-            .args(["prompt", "--append", "s.jsonl", "--", "cat", "reply"]);
-        c
-    });
-    assert_eq!(killed.wait_code(), 128 + 9);
+    let reply = die_mid_append(&sandbox, 'x', 200 * 1024);
     let torn = fs::read(sandbox.path("s.jsonl")).unwrap();
     assert!(
         torn.len() > SEED.len() && !torn.ends_with(b"\n"),
@@ -160,16 +167,7 @@ fn hole_2_a_commit_killed_mid_write_is_rolled_back_by_the_next_holder_even_a_run
 fn hole_2_a_torn_tail_that_is_not_our_write_is_never_truncated() {
     let sandbox = Sandbox::new();
     fs::write(sandbox.path("s.jsonl"), SEED).unwrap();
-    let reply = format!("{{\"big\":\"{}\"}}", "y".repeat(100 * 1024));
-    fs::write(sandbox.path("reply"), format!("{reply}\n")).unwrap();
-    let mut killed = sandbox.spawn_command("K", {
-        let mut c = Command::new(crate::support::bin());
-        c.current_dir(sandbox.root())
-            .env("SESSIONLOCK_TEST_HOOK", "die-mid-append")
-            .args(["prompt", "--append", "s.jsonl", "--", "cat", "reply"]);
-        c
-    });
-    assert_eq!(killed.wait_code(), 128 + 9);
+    die_mid_append(&sandbox, 'y', 100 * 1024);
     // Someone else's bytes land after the fragment: it is no longer a prefix of our write.
     let mut f = fs::OpenOptions::new()
         .append(true)

@@ -420,6 +420,23 @@ impl<'a> Files<'a> {
         }
     }
 
+    /// Wait for `kind` on `range` until `deadline`, saying `text` when it lasts (see `Notice`).
+    fn wait_noticed(
+        &self,
+        shared: &Shared,
+        kind: LockKind,
+        range: Range,
+        deadline: Option<Instant>,
+        text: &mut dyn FnMut() -> String,
+    ) -> io::Result<Waited> {
+        let notice = self.notice_after().map(|after| Notice {
+            after,
+            text,
+            live: self.config.live,
+        });
+        lock::wait(&shared.file, kind, range, deadline, self.signals, notice)
+    }
+
     /// ", held by ..." for the lock on `range`, or nothing if it is free now.
     fn held_by(&self, range: Range, turn: Option<u64>) -> String {
         let shared = self.shared();
@@ -524,20 +541,9 @@ impl<'a> Files<'a> {
                 self.held_by(TURNS, None)
             )
         };
-        let notice = self.notice_after().map(|after| Notice {
-            after,
-            text: &mut text,
-            live: config.live,
-        });
-        let waited = lock::wait(
-            &shared.file,
-            LockKind::Write,
-            TURNS,
-            deadline,
-            self.signals,
-            notice,
-        )
-        .map_err(|e| shared.io("cannot wait for the queue to drain", &e))?;
+        let waited = self
+            .wait_noticed(shared, LockKind::Write, TURNS, deadline, &mut text)
+            .map_err(|e| shared.io("cannot wait for the queue to drain", &e))?;
         if waited == Waited::Held {
             let _ = lock::unlock(&shared.file, TURNS);
         }
@@ -594,20 +600,9 @@ impl Coordinator for Files<'_> {
                     self.held_by(byte, None)
                 )
             };
-            let notice = self.notice_after().map(|after| Notice {
-                after,
-                text: &mut text,
-                live: config.live,
-            });
-            let waited = lock::wait(
-                &shared.file,
-                LockKind::Write,
-                byte,
-                deadline,
-                self.signals,
-                notice,
-            )
-            .map_err(|e| shared.io("cannot take the write lock", &e))?;
+            let waited = self
+                .wait_noticed(&shared, LockKind::Write, byte, deadline, &mut text)
+                .map_err(|e| shared.io("cannot take the write lock", &e))?;
             match waited {
                 Waited::Held => {}
                 Waited::TimedOut => {
