@@ -28,7 +28,7 @@ fn the_benchmark_harness_runs_every_measurement_in_a_tiny_configuration() {
         "flock: handoff with 2 waiters",
         "sessionlock's own part",
         "sessionlock prompt: 2 contenders x 2 turns | 0 FIFO violations in its own join order",
-        "3 turns queued at once",
+        "3 turns queued at once (median of 1)",
         "peak RSS of one wrapper (prompt --append)",
         "plain cargo install build",
         "binary size",
