@@ -217,9 +217,11 @@ pub fn handoff(c: &Config, dir: &Path) -> Vec<Row> {
                     inner.extend(["sh".into(), "-c".into()]);
                     inner.push(
                         format!(
-                            ": > '{}'; while [ ! -e '{}' ]; do sleep 0.005; done; exec \"$@\"",
+                            ": > '{}'; while [ ! -e '{}' ] && [ -d '{}' ]; do sleep 0.005; done; \
+                             exec \"$@\"",
                             held.display(),
-                            go.display()
+                            go.display(),
+                            dir.display()
                         )
                         .into(),
                     );
@@ -475,8 +477,9 @@ fn queue_once(c: &Config, dir: &Path, n: usize, rep: usize) -> f64 {
     let mut holder = Command::new(&c.sessionlock)
         .args(["prompt", "-q", &session, "--", "sh", "-c"])
         .arg(format!(
-            "while [ ! -e '{}' ]; do sleep 0.005; done",
-            go.display()
+            "while [ ! -e '{}' ] && [ -d '{}' ]; do sleep 0.005; done",
+            go.display(),
+            dir.display()
         ))
         .current_dir(dir)
         .spawn()
