@@ -66,7 +66,7 @@ _sessionlock() {
             return 0
             ;;
         sessionlock__subcmd__idle__subcmd__wait)
-            opts="-w -t -n -E -q -v -h -V --wait --timeout --nonblock --conflict-exit-code --max-hold --kill-after --grace --quiet --verbose --events-file --events-fd --strict --append --tee --repair --help --version"
+            opts="-w -t -n -E -q -v -h -V --wait --timeout --nonblock --conflict-exit-code --max-hold --kill-after --grace --quiet --verbose --events-file --events-fd --coord --coord-scope --lease --strict --append --tee --repair --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -124,6 +124,18 @@ _sessionlock() {
                     return 0
                     ;;
                 --events-fd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --coord)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --coord-scope)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lease)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -135,7 +147,7 @@ _sessionlock() {
             return 0
             ;;
         sessionlock__subcmd__prompt)
-            opts="-w -t -n -E -q -v -h -V --wait --timeout --nonblock --conflict-exit-code --max-hold --kill-after --grace --quiet --verbose --events-file --events-fd --turn-timeout --strict --append --tee --repair --help --version"
+            opts="-w -t -n -E -q -v -h -V --wait --timeout --nonblock --conflict-exit-code --max-hold --kill-after --grace --quiet --verbose --events-file --events-fd --coord --coord-scope --lease --turn-timeout --strict --append --tee --repair --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -193,6 +205,18 @@ _sessionlock() {
                     return 0
                     ;;
                 --events-fd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --coord)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --coord-scope)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lease)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -208,7 +232,7 @@ _sessionlock() {
             return 0
             ;;
         sessionlock__subcmd__run)
-            opts="-w -t -n -E -q -v -h -V --wait --timeout --nonblock --conflict-exit-code --max-hold --kill-after --grace --quiet --verbose --events-file --events-fd --turn --turn-timeout --append --tee --repair --help --version"
+            opts="-w -t -n -E -q -v -h -V --wait --timeout --nonblock --conflict-exit-code --max-hold --kill-after --grace --quiet --verbose --events-file --events-fd --coord --coord-scope --lease --turn --turn-timeout --append --tee --repair --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -269,6 +293,18 @@ _sessionlock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --coord)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --coord-scope)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lease)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --turn-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -281,12 +317,24 @@ _sessionlock() {
             return 0
             ;;
         sessionlock__subcmd__status)
-            opts="-h -V --json --help --version"
+            opts="-h -V --json --coord --coord-scope --lease --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --coord)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --coord-scope)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lease)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

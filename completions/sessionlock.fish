@@ -37,6 +37,9 @@ complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l max-hold
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l grace -l kill-after -d 'With --max-hold: how long after SIGTERM to send SIGKILL' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l events-file -d 'Write one JSON object per lifecycle step to this file (appended)' -r -F
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l events-fd -d 'Write one JSON object per lifecycle step to this open descriptor' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l coord -d 'Coordinate through etcd instead of the sidecar\'s lock file: etcd://HOST:PORT[,HOST:PORT...] (builds with the `etcd` feature), for hosts that share the session storage' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l coord-scope -d 'With --coord: name the session by this scope plus its file name instead of its path, for hosts that mount the storage at different paths' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l lease -d 'With --coord: the etcd lease\'s time to live; a wrapper that cannot renew it for this long loses its locks (its command is stopped, nothing committed)' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l turn-timeout -d 'With --turn: give up waiting for the turn after this long' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s n -l nonblock -d 'Give up at once if the write lock (or, for prompt, the turn) is busy'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s q -l quiet -d 'Say nothing but errors: no waiting notice, and no line when the lock or turn is busy (the exit status says so)'
@@ -53,6 +56,9 @@ complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l max-h
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l grace -l kill-after -d 'With --max-hold: how long after SIGTERM to send SIGKILL' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l events-file -d 'Write one JSON object per lifecycle step to this file (appended)' -r -F
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l events-fd -d 'Write one JSON object per lifecycle step to this open descriptor' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l coord -d 'Coordinate through etcd instead of the sidecar\'s lock file: etcd://HOST:PORT[,HOST:PORT...] (builds with the `etcd` feature), for hosts that share the session storage' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l coord-scope -d 'With --coord: name the session by this scope plus its file name instead of its path, for hosts that mount the storage at different paths' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l lease -d 'With --coord: the etcd lease\'s time to live; a wrapper that cannot renew it for this long loses its locks (its command is stopped, nothing committed)' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -l turn-timeout -d 'Give up waiting for the prompt turn after this long' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s n -l nonblock -d 'Give up at once if the write lock (or, for prompt, the turn) is busy'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand prompt" -s q -l quiet -d 'Say nothing but errors: no waiting notice, and no line when the lock or turn is busy (the exit status says so)'
@@ -69,6 +75,9 @@ complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l ma
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l grace -l kill-after -d 'With --max-hold: how long after SIGTERM to send SIGKILL' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l events-file -d 'Write one JSON object per lifecycle step to this file (appended)' -r -F
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l events-fd -d 'Write one JSON object per lifecycle step to this open descriptor' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l coord -d 'Coordinate through etcd instead of the sidecar\'s lock file: etcd://HOST:PORT[,HOST:PORT...] (builds with the `etcd` feature), for hosts that share the session storage' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l coord-scope -d 'With --coord: name the session by this scope plus its file name instead of its path, for hosts that mount the storage at different paths' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l lease -d 'With --coord: the etcd lease\'s time to live; a wrapper that cannot renew it for this long loses its locks (its command is stopped, nothing committed)' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s n -l nonblock -d 'Give up at once if the write lock (or, for prompt, the turn) is busy'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s q -l quiet -d 'Say nothing but errors: no waiting notice, and no line when the lock or turn is busy (the exit status says so)'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s v -l verbose -d 'Say at once when waiting, and when the lock is taken and released'
@@ -78,6 +87,9 @@ complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l te
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -l repair -d 'With --append: move an incomplete last line of the session file into the sidecar instead of refusing to append after it'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s h -l help -d 'Print help'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand idle-wait" -s V -l version -d 'Print version'
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand status" -l coord -d 'Coordinate through etcd instead of the sidecar\'s lock file: etcd://HOST:PORT[,HOST:PORT...] (builds with the `etcd` feature), for hosts that share the session storage' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand status" -l coord-scope -d 'With --coord: name the session by this scope plus its file name instead of its path, for hosts that mount the storage at different paths' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand status" -l lease -d 'With --coord: the etcd lease\'s time to live; a wrapper that cannot renew it for this long loses its locks (its command is stopped, nothing committed)' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand status" -l json -d 'Print one JSON object (stable field names, see the README) instead of text'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand status" -s h -l help -d 'Print help'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand status" -s V -l version -d 'Print version'

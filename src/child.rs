@@ -341,8 +341,10 @@ pub struct MaxHold {
 #[derive(Debug, Clone, Copy)]
 pub struct Ended {
     pub status: ExitStatus,
-    /// The last signal the wrapper sent because of `--max-hold`, if it had to.
+    /// The last signal the wrapper sent because of `--max-hold` (or a lost lease), if it had to.
     pub stopped: Option<Signal>,
+    /// The coordination lease was lost while it ran: it was stopped.
+    pub lost: bool,
 }
 
 /// Wait for the child, forwarding terminating signals the wrapper receives to it, and stopping
@@ -355,10 +357,20 @@ pub fn wait(
     let pid = Pid::from_raw(child.id() as i32);
     let mut next = max_hold.and_then(|m| signal::deadline(m.after));
     let mut stopped = None;
+    let mut lost = false;
     let mut tree: Vec<(Pid, u64)> = Vec::new();
     loop {
         if let Some(status) = child.try_wait()? {
-            return Ok(Ended { status, stopped });
+            return Ok(Ended {
+                status,
+                stopped,
+                lost,
+            });
+        }
+        if signal::lease_lost() && !lost {
+            // The locks are gone: stop the command as --max-hold would, at once.
+            lost = true;
+            next = Some(Instant::now());
         }
         let woken = signals.wait(None, next)?;
         if woken.child {
@@ -373,13 +385,15 @@ pub fn wait(
         if next.is_some_and(|at| at <= Instant::now()) {
             // It may have exited just now: a zombie must not be reported as stopped.
             if let Some(status) = child.try_wait()? {
-                return Ok(Ended { status, stopped });
+                return Ok(Ended {
+                    status,
+                    stopped,
+                    lost,
+                });
             }
+            let grace = max_hold.map_or(Duration::from_secs(10), |m| m.grace);
             let (sent, then) = match stopped {
-                None => (
-                    Signal::SIGTERM,
-                    max_hold.and_then(|m| signal::deadline(m.grace)),
-                ),
+                None => (Signal::SIGTERM, signal::deadline(grace)),
                 Some(_) => (Signal::SIGKILL, None),
             };
             // The whole tree: a shell's pipeline must not write on after the lock is gone.

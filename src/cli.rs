@@ -59,6 +59,12 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("SESSIONLOCK_JSON", "status --json when set to 1 or true"),
     ("SESSIONLOCK_GC_KEPT", "gc --kept when set to 1 or true"),
     (
+        "SESSIONLOCK_COORD",
+        "the default of --coord (etcd://HOST:PORT,...)",
+    ),
+    ("SESSIONLOCK_COORD_SCOPE", "the default of --coord-scope"),
+    ("SESSIONLOCK_LEASE", "the default of --lease"),
+    (
         "SESSIONLOCK_SESSION",
         "given to the command: the canonical session path",
     ),
@@ -212,6 +218,39 @@ pub struct LockOpts {
     /// Write one JSON object per lifecycle step to this open descriptor
     #[arg(long, value_name = "N", env = "SESSIONLOCK_EVENTS_FD")]
     pub events_fd: Option<i32>,
+
+    #[command(flatten)]
+    pub coord: CoordOpts,
+}
+
+/// Where coordination lives.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CoordOpts {
+    /// Coordinate through etcd instead of the sidecar's lock file: etcd://HOST:PORT[,HOST:PORT...]
+    /// (builds with the `etcd` feature), for hosts that share the session storage
+    #[arg(long, value_name = "URL", env = "SESSIONLOCK_COORD")]
+    pub coord: Option<String>,
+
+    /// With --coord: name the session by this scope plus its file name instead of its path, for
+    /// hosts that mount the storage at different paths
+    #[arg(
+        long,
+        value_name = "SCOPE",
+        env = "SESSIONLOCK_COORD_SCOPE",
+        requires = "coord"
+    )]
+    pub coord_scope: Option<String>,
+
+    /// With --coord: the etcd lease's time to live; a wrapper that cannot renew it for this
+    /// long loses its locks (its command is stopped, nothing committed)
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        env = "SESSIONLOCK_LEASE",
+        value_parser = parse_positive_duration
+    )]
+    pub lease: Duration,
 }
 
 /// The session file and the command to wrap.
@@ -320,6 +359,8 @@ pub struct StatusArgs {
     /// The session file, or a directory: every session with a sidecar in it
     #[arg(value_name = "SESSION|DIR", value_hint = ValueHint::AnyPath)]
     pub session: PathBuf,
+    #[command(flatten)]
+    pub coord: CoordOpts,
 }
 
 #[derive(Args, Debug)]

@@ -122,7 +122,7 @@ impl KeepReason {
 
 /// What the coordinator records before an append, so a holder that dies mid-write can be rolled
 /// back by the next one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Intent {
     pub old_len: u64,
     pub new_len: u64,
@@ -500,7 +500,8 @@ pub fn prepare(
         ));
     }
     if let Some(fp) = expected {
-        let same = fp.exists && (fp.dev, fp.ino) == (meta.dev(), meta.ino());
+        // (A fingerprint of a file shared between hosts has no device number: 0.)
+        let same = fp.exists && fp.ino == meta.ino() && (fp.dev == 0 || fp.dev == meta.dev());
         let created_now = !fp.exists && meta.len() == 0;
         if !same && !created_now {
             return Err(replaced("replaced by another file"));

@@ -55,6 +55,9 @@ pub struct Config {
     pub turn: bool,
     /// `--events-file` / `--events-fd`.
     pub events: Option<crate::events::Target>,
+    /// `--coord etcd://...`: coordination through etcd.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub coord: Option<EtcdTarget>,
     /// Waits show one live line, rewritten each second (stderr is a terminal, no `-q`/`-v`).
     pub live: bool,
     /// Any change in the window is a takeover.
@@ -63,6 +66,51 @@ pub struct Config {
     pub max_hold: Option<MaxHold>,
     /// `--append`: capture stdout and commit it; `None` without it.
     pub commit: Option<Commit>,
+}
+
+/// Where etcd is, and how this session is named there.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub struct EtcdTarget {
+    pub endpoints: Vec<String>,
+    /// The name of the session in etcd: the canonical path, or `SCOPE/NAME`.
+    pub name: String,
+    pub lease: Duration,
+}
+
+impl EtcdTarget {
+    /// Parse `--coord` for `key`; `None` for the files backend.
+    pub fn from_opts(opts: &crate::cli::CoordOpts, key: &Key) -> Result<Option<Self>, Failure> {
+        let Some(url) = &opts.coord else {
+            return Ok(None);
+        };
+        let usage = |what: &str| Failure::bare(Kind::Usage, format!("--coord {url}: {what}"));
+        let rest = url
+            .strip_prefix("etcd://")
+            .ok_or_else(|| usage("expected etcd://HOST:PORT[,HOST:PORT...]"))?;
+        let endpoints: Vec<String> = rest
+            .split(',')
+            .filter(|e| !e.is_empty())
+            .map(|e| format!("http://{}", e.trim_end_matches('/')))
+            .collect();
+        if endpoints.is_empty() {
+            return Err(usage("no endpoint"));
+        }
+        if !cfg!(feature = "etcd") {
+            return Err(usage(
+                "this build has no etcd support (build it with `--features etcd`)",
+            ));
+        }
+        let name = match &opts.coord_scope {
+            Some(scope) => format!("{scope}/{}", key.name().to_string_lossy()),
+            None => key.path().to_string_lossy().into_owned(),
+        };
+        Ok(Some(Self {
+            endpoints,
+            name,
+            lease: opts.lease,
+        }))
+    }
 }
 
 /// How to commit the child's output.
@@ -96,6 +144,7 @@ impl Config {
             ));
         }
         let key = key::resolve(&target.session)?;
+        let coord = EtcdTarget::from_opts(&lock.coord, &key)?;
         let verbosity = if lock.quiet {
             crate::exit::quiet_when_busy();
             Verbosity::Quiet
@@ -121,6 +170,7 @@ impl Config {
                 turn_timeout.unwrap_or(Duration::ZERO)
             },
             turn: turn_timeout.is_some(),
+            coord,
             events: match (&lock.events_file, lock.events_fd) {
                 (Some(path), _) => Some(crate::events::Target::File(path.clone())),
                 (None, Some(fd)) => Some(crate::events::Target::Fd(fd)),

@@ -26,6 +26,8 @@ pub enum Kind {
     CantCreate,
     /// An I/O error on the session file or the sidecar.
     Io,
+    /// The coordination service (etcd) cannot be reached, or its lease was lost.
+    Unavailable,
     /// The write lock or the prompt turn was not obtained in time (`-E` overrides the code).
     Busy,
     /// The session file changed from outside during the window.
@@ -71,6 +73,11 @@ pub const TABLE: &[Row] = &[
         meaning: "the session path cannot be used: its directory is missing, it is a directory \
                   or another non-regular file (a FIFO, a device), it ends in /, it loops \
                   through symlinks, or a name is too long",
+    },
+    Row {
+        code: "69",
+        meaning: "--coord etcd: etcd cannot be reached in time (the line names the endpoints), \
+                  or the wrapper's lease was lost (its command is stopped, nothing committed)",
     },
     Row {
         code: "70",
@@ -120,6 +127,7 @@ impl Kind {
             Kind::Usage => 2,
             Kind::Data => 65,
             Kind::NoInput => 66,
+            Kind::Unavailable => 69,
             Kind::Software => 70,
             Kind::CantCreate => 73,
             Kind::Io => 74,
@@ -351,6 +359,7 @@ mod tests {
             Kind::Software,
             Kind::CantCreate,
             Kind::Io,
+            Kind::Unavailable,
             Kind::Busy,
             Kind::Takeover,
             Kind::NoPerm,

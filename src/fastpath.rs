@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{
-    Cli, Command, CommitOpts, FenceOpts, IdleWaitArgs, LockOpts, PromptArgs, RunArgs, Target,
-    parse_duration,
+    Cli, Command, CommitOpts, CoordOpts, FenceOpts, IdleWaitArgs, LockOpts, PromptArgs, RunArgs,
+    Target, parse_duration,
 };
 
 /// The environment variables that set options: any of them set sends the line to clap.
@@ -29,6 +29,9 @@ const OPTION_VARS: &[&str] = &[
     "SESSIONLOCK_TEE",
     "SESSIONLOCK_REPAIR",
     "SESSIONLOCK_STRICT",
+    "SESSIONLOCK_COORD",
+    "SESSIONLOCK_COORD_SCOPE",
+    "SESSIONLOCK_LEASE",
 ];
 
 /// The parsed line, or `None`: ask clap.
@@ -55,6 +58,11 @@ fn parse_args(args: &[OsString]) -> Option<Cli> {
         verbose: false,
         events_file: None,
         events_fd: None,
+        coord: CoordOpts {
+            coord: None,
+            coord_scope: None,
+            lease: Duration::from_secs(10),
+        },
     };
     let mut commit = CommitOpts {
         append: false,

@@ -27,9 +27,30 @@ pub struct Fingerprint {
     pub size: u64,
     pub mtime_ns: i128,
     pub ctime_ns: i128,
+    /// For a file shared between hosts (the etcd backend): a checksum of its last 4 KiB, so a
+    /// same-size rewrite is caught even where times are coarse; `dev` is 0 there (it differs
+    /// between hosts). 0 for the files backend.
+    #[serde(default)]
+    pub tail: u64,
 }
 
 impl Fingerprint {
+    /// The fingerprint of a file shared between hosts: no device number, a checksum of the tail.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub fn of_shared(path: &Path) -> io::Result<Self> {
+        let mut fp = Self::of(path)?;
+        fp.dev = 0;
+        if fp.exists {
+            use std::os::unix::fs::FileExt;
+            let file = fs::File::open(path)?;
+            let start = fp.size.saturating_sub(4096);
+            let mut tail = vec![0u8; usize::try_from(fp.size - start).unwrap_or(0)];
+            file.read_exact_at(&mut tail, start)?;
+            fp.tail = crate::coord::files::layout::checksum(&tail);
+        }
+        Ok(fp)
+    }
+
     /// The fingerprint of `path` now (following no further symlinks than the key already did).
     pub fn of(path: &Path) -> io::Result<Self> {
         match fs::metadata(path) {
@@ -40,6 +61,7 @@ impl Fingerprint {
                 size: m.size(),
                 mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
                 ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+                tail: 0,
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(e),
@@ -100,7 +122,7 @@ impl fmt::Display for Change {
 }
 
 /// The record of trusted versions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct State {
     /// Which history this is: a new one starts when the state had to be started afresh.
     pub lineage: u64,
@@ -213,6 +235,7 @@ mod tests {
             size,
             mtime_ns: i128::from(size),
             ctime_ns: i128::from(size),
+            tail: 0,
         }
     }
 

@@ -85,6 +85,18 @@ fn execute_with(config: &Config, events: &Events) -> Result<u8, Failure> {
         Failure::io("cannot install signal handlers", &e, config.key.path())
             .with_kind_if(Kind::Io, Kind::Software)
     })?;
+    // The backend, chosen once: etcd when asked for, else the sidecar's lock file.
+    #[cfg(feature = "etcd")]
+    if let Some(target) = &config.coord {
+        let etcd = crate::coord::etcd::Etcd::open(config, target, &signals)?;
+        let ctx = Ctx {
+            config,
+            sidecar: etcd.sidecar(),
+            signals: &signals,
+            events,
+        };
+        return run_mode(&etcd, &ctx);
+    }
     if let Some(fs) = crate::netfs::detect(config.key.dir()) {
         config.notice(&crate::netfs::warning(fs, config.key.dir()));
     }
@@ -563,6 +575,14 @@ fn run_child(
     if ended.status.signal() == Some(nix::libc::SIGINT) {
         exit::die_of_sigint();
     }
+    if ended.lost {
+        return Err(Failure::new(
+            Kind::Unavailable,
+            "the etcd lease was lost while the command ran (etcd unreachable for longer than \
+             --lease): the locks are gone, so the command was stopped and nothing is committed",
+            config.key.path(),
+        ));
+    }
     let mut code = child::exit_code(ended.status);
     ctx.events.emit(
         "child-exited",
@@ -728,6 +748,7 @@ mod tests {
             turn_timeout: Duration::from_secs(5),
             turn: mode == Mode::Prompt,
             events: None,
+            coord: None,
             live: false,
             strict: false,
             max_hold: None,

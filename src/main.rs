@@ -99,7 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             )?;
             Ok(lifecycle::execute(&config)?)
         }
-        Command::Status(args) => Ok(status::show(&args.session, args.json)?),
+        Command::Status(args) => Ok(status::show(&args.session, args.json, &args.coord)?),
         Command::Gc(args) => Ok(gc::collect(&args.dir, args.kept)?),
     }
 }

@@ -34,6 +34,27 @@ const OURS: [Signal; 2] = [Signal::SIGCHLD, Signal::SIGALRM];
 /// The handler's end of the pipe; -1 until `Signals::install`.
 static WRITE_END: AtomicI32 = AtomicI32::new(-1);
 
+/// The coordination lease was lost (the etcd backend): set from its keep-alive thread.
+static LEASE_LOST: AtomicBool = AtomicBool::new(false);
+
+/// Say that the lease is lost, and wake the main thread's wait (a zero byte in the pipe).
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub fn lose_lease() {
+    LEASE_LOST.store(true, Ordering::SeqCst);
+    let fd = WRITE_END.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = 0u8;
+        // SAFETY: write(2) of one byte from a live local.
+        unsafe { libc::write(fd, (&raw const byte).cast(), 1) };
+    }
+}
+
+/// Has the lease been lost?
+#[must_use]
+pub fn lease_lost() -> bool {
+    LEASE_LOST.load(Ordering::SeqCst)
+}
+
 /// The caller had SIGXFSZ ignored (we ignore it ourselves either way).
 static XFSZ_WAS_IGNORED: AtomicBool = AtomicBool::new(false);
 

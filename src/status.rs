@@ -222,10 +222,19 @@ fn show_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
 
 /// Print the status of `input` to stdout; exit 0 also when there is no sidecar yet. A
 /// directory lists every session with a sidecar in it.
-pub fn show(input: &Path, json: bool) -> Result<u8, Failure> {
+pub fn show(input: &Path, json: bool, coord: &crate::cli::CoordOpts) -> Result<u8, Failure> {
     if input.is_dir() {
         return show_dir(input, json);
     }
+    let key = key::resolve(input)?;
+    #[cfg(feature = "etcd")]
+    if let Some(target) = crate::config::EtcdTarget::from_opts(coord, &key)? {
+        let report = crate::coord::etcd::status(&target, key.path())?;
+        let text = serde_json::to_string_pretty(&report).expect("a report always serializes");
+        println!("{text}");
+        return Ok(0);
+    }
+    crate::config::EtcdTarget::from_opts(coord, &key)?;
     let report = collect(input)?;
     if json {
         let text = serde_json::to_string_pretty(&report).expect("a report always serializes");

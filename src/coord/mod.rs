@@ -3,6 +3,8 @@
 //!
 //! Nothing below this module knows about modes; nothing above it knows about files or locks.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod files;
 
 use std::time::Instant;

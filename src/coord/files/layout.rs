@@ -135,6 +135,7 @@ impl Record {
         f.put(i.dev);
         f.put(i.ino);
         f.put(i.capture);
+        f.put(p.tail);
         seal(&mut bytes);
         bytes
     }
@@ -160,6 +161,7 @@ impl Record {
             size: r.get(),
             mtime_ns: r.get_i128(),
             ctime_ns: r.get_i128(),
+            tail: 0,
         };
         let active = r.get() != 0;
         let intent = Intent {
@@ -170,6 +172,7 @@ impl Record {
             ino: r.get(),
             capture: r.get(),
         };
+        let tail = r.get();
         Some(Self {
             seq,
             epoch,
@@ -179,7 +182,10 @@ impl Record {
                 generation,
                 outside_generation,
                 outside_changes,
-                fingerprint,
+                fingerprint: Fingerprint {
+                    tail,
+                    ..fingerprint
+                },
             },
             intent: active.then_some(intent),
         })
@@ -380,6 +386,7 @@ mod tests {
                     size: 3,
                     mtime_ns: -4,
                     ctime_ns: 1 << 90,
+                    tail: 7,
                 },
             ),
             intent: Some(Intent {
