@@ -3,6 +3,7 @@
 mod bench;
 mod commit;
 mod docs;
+mod etcd;
 mod examples;
 mod faults;
 mod holes;
