@@ -47,7 +47,7 @@ Register-ArgumentCompleter -Native -CommandName 'sessionlock' -ScriptBlock {
             [CompletionResult]::new('--coord', '--coord', [CompletionResultType]::ParameterName, 'Coordinate through etcd instead of the sidecar''s lock file: etcd://HOST:PORT[,HOST:PORT...] (builds with the `etcd` feature), for hosts that share the session storage')
             [CompletionResult]::new('--coord-scope', '--coord-scope', [CompletionResultType]::ParameterName, 'With --coord: name the session by this scope plus its file name instead of its path, for hosts that mount the storage at different paths')
             [CompletionResult]::new('--lease', '--lease', [CompletionResultType]::ParameterName, 'With --coord: the etcd lease''s time to live; a wrapper that cannot renew it for this long loses its locks (its command is stopped, nothing committed)')
-            [CompletionResult]::new('--turn-timeout', '--turn-timeout', [CompletionResultType]::ParameterName, 'With --turn: give up waiting for the turn after this long')
+            [CompletionResult]::new('--turn-timeout', '--turn-timeout', [CompletionResultType]::ParameterName, 'With --turn: give up waiting for the turn after this long (ignored without --turn)')
             [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'Give up at once if the write lock (or, for prompt, the turn) is busy')
             [CompletionResult]::new('--nonblock', '--nonblock', [CompletionResultType]::ParameterName, 'Give up at once if the write lock (or, for prompt, the turn) is busy')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Say nothing but errors: no waiting notice, and no line when the lock or turn is busy (the exit status says so)')

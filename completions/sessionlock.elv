@@ -43,7 +43,7 @@ set edit:completion:arg-completer[sessionlock] = {|@words|
             cand --coord 'Coordinate through etcd instead of the sidecar''s lock file: etcd://HOST:PORT[,HOST:PORT...] (builds with the `etcd` feature), for hosts that share the session storage'
             cand --coord-scope 'With --coord: name the session by this scope plus its file name instead of its path, for hosts that mount the storage at different paths'
             cand --lease 'With --coord: the etcd lease''s time to live; a wrapper that cannot renew it for this long loses its locks (its command is stopped, nothing committed)'
-            cand --turn-timeout 'With --turn: give up waiting for the turn after this long'
+            cand --turn-timeout 'With --turn: give up waiting for the turn after this long (ignored without --turn)'
             cand -n 'Give up at once if the write lock (or, for prompt, the turn) is busy'
             cand --nonblock 'Give up at once if the write lock (or, for prompt, the turn) is busy'
             cand -q 'Say nothing but errors: no waiting notice, and no line when the lock or turn is busy (the exit status says so)'

@@ -40,7 +40,7 @@ complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l events-f
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l coord -d 'Coordinate through etcd instead of the sidecar\'s lock file: etcd://HOST:PORT[,HOST:PORT...] (builds with the `etcd` feature), for hosts that share the session storage' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l coord-scope -d 'With --coord: name the session by this scope plus its file name instead of its path, for hosts that mount the storage at different paths' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l lease -d 'With --coord: the etcd lease\'s time to live; a wrapper that cannot renew it for this long loses its locks (its command is stopped, nothing committed)' -r
-complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l turn-timeout -d 'With --turn: give up waiting for the turn after this long' -r
+complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -l turn-timeout -d 'With --turn: give up waiting for the turn after this long (ignored without --turn)' -r
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s n -l nonblock -d 'Give up at once if the write lock (or, for prompt, the turn) is busy'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s q -l quiet -d 'Say nothing but errors: no waiting notice, and no line when the lock or turn is busy (the exit status says so)'
 complete -c sessionlock -n "__fish_sessionlock_using_subcommand run" -s v -l verbose -d 'Say at once when waiting, and when the lock is taken and released'

@@ -85,8 +85,21 @@ pub fn spawn(spec: Spec<'_>, session: &Path) -> Result<Running, Failure> {
         })
         .collect::<io::Result<Vec<_>>>()
         .map_err(|e| fail(&e))?;
-    let pid = start(&path, &argv, &envp, spec.stdout.as_ref(), spec.parent_death)
-        .map_err(|e| fail(&e))?;
+    let pid = start(&path, &argv, &envp, spec.stdout.as_ref(), spec.parent_death).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            // The program was found: what is missing is the interpreter its #! line names.
+            Failure::new(
+                Kind::CannotExecute,
+                format!(
+                    "cannot execute {}: the interpreter on its #! line was not found",
+                    program.to_string_lossy()
+                ),
+                session,
+            )
+        } else {
+            fail(&e)
+        }
+    })?;
     Ok(Running { pid })
 }
 
@@ -353,12 +366,14 @@ pub fn wait(
     child: &mut Running,
     signals: &Signals,
     max_hold: Option<MaxHold>,
+    inherited: &[(Pid, u64)],
 ) -> io::Result<Ended> {
     let pid = Pid::from_raw(child.id() as i32);
     let mut next = max_hold.and_then(|m| signal::deadline(m.after));
     let mut stopped = None;
     let mut lost = false;
     let mut tree: Vec<(Pid, u64)> = Vec::new();
+    let me = nix::unistd::getpid();
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(Ended {
@@ -400,10 +415,11 @@ pub fn wait(
             // Those told to stop at SIGTERM get the SIGKILL too, even if orphaned meanwhile;
             // orphans of the command (a `setsid` daemon too) are ours, as their subreaper.
             tree.extend(descendants(pid));
+            // Orphans reparented to us, not what we inherited.
             tree.extend(
-                descendants(nix::unistd::getpid())
+                descendants(me)
                     .into_iter()
-                    .filter(|&(p, _)| p != nix::unistd::getpid()),
+                    .filter(|m| m.0 != me && !inherited.contains(m)),
             );
             for &(member, started) in &tree {
                 if same_process(member, started) {
@@ -414,6 +430,14 @@ pub fn wait(
             next = then;
         }
     }
+}
+
+/// The processes below the wrapper before it starts the command (children it inherited from
+/// whatever exec'd it): never the business of `--max-hold`. Take it before the spawn.
+#[must_use]
+pub fn inherited() -> Vec<(Pid, u64)> {
+    let me = nix::unistd::getpid();
+    descendants(me).into_iter().filter(|m| m.0 != me).collect()
 }
 
 /// With `--max-hold`, become the subreaper of the command's tree (Linux): its orphans, a

@@ -162,7 +162,7 @@ pub struct LockOpts {
     pub timeout: Duration,
 
     /// Give up at once if the write lock (or, for prompt, the turn) is busy
-    #[arg(short = 'n', long, env = "SESSIONLOCK_NONBLOCK")]
+    #[arg(short = 'n', long, env = "SESSIONLOCK_NONBLOCK", value_parser = clap::builder::BoolishValueParser::new())]
     pub nonblock: bool,
 
     /// Exit status when the lock (or turn) is busy or not obtained in time
@@ -198,11 +198,11 @@ pub struct LockOpts {
 
     /// Say nothing but errors: no waiting notice, and no line when the lock or turn is busy
     /// (the exit status says so)
-    #[arg(short, long, conflicts_with = "verbose", env = "SESSIONLOCK_QUIET")]
+    #[arg(short, long, conflicts_with = "verbose", env = "SESSIONLOCK_QUIET", value_parser = clap::builder::BoolishValueParser::new())]
     pub quiet: bool,
 
     /// Say at once when waiting, and when the lock is taken and released
-    #[arg(short, long, env = "SESSIONLOCK_VERBOSE")]
+    #[arg(short, long, env = "SESSIONLOCK_VERBOSE", value_parser = clap::builder::BoolishValueParser::new())]
     pub verbose: bool,
 
     /// Write one JSON object per lifecycle step to this file (appended)
@@ -276,16 +276,15 @@ pub struct RunArgs {
     pub lock: LockOpts,
     /// Wait for a first-come-first-served prompt turn first, then hold the write lock through
     /// the command: a compaction neither lands in a provider call's window nor reorders a reply
-    #[arg(long, env = "SESSIONLOCK_TURN")]
+    #[arg(long, env = "SESSIONLOCK_TURN", value_parser = clap::builder::BoolishValueParser::new())]
     pub turn: bool,
-    /// With --turn: give up waiting for the turn after this long
+    /// With --turn: give up waiting for the turn after this long (ignored without --turn)
     #[arg(
         long,
         value_name = "DURATION",
         default_value = "10m",
         env = "SESSIONLOCK_TURN_TIMEOUT",
-        value_parser = parse_duration,
-        requires = "turn"
+        value_parser = parse_duration
     )]
     pub turn_timeout: Duration,
     #[command(flatten)]
@@ -299,14 +298,14 @@ pub struct RunArgs {
 pub struct CommitOpts {
     /// Capture the command's stdout and append it to the session file (complete JSON lines,
     /// all or nothing) when the command succeeds and the fence holds
-    #[arg(long, env = "SESSIONLOCK_APPEND")]
+    #[arg(long, env = "SESSIONLOCK_APPEND", value_parser = clap::builder::BoolishValueParser::new())]
     pub append: bool,
     /// With --append: also copy the output to stdout as it arrives
-    #[arg(long, requires = "append", env = "SESSIONLOCK_TEE")]
+    #[arg(long, requires = "append", env = "SESSIONLOCK_TEE", value_parser = clap::builder::BoolishValueParser::new())]
     pub tee: bool,
     /// With --append: move an incomplete last line of the session file into the sidecar
     /// instead of refusing to append after it
-    #[arg(long, requires = "append", env = "SESSIONLOCK_REPAIR")]
+    #[arg(long, requires = "append", env = "SESSIONLOCK_REPAIR", value_parser = clap::builder::BoolishValueParser::new())]
     pub repair: bool,
 }
 
@@ -347,14 +346,14 @@ pub struct IdleWaitArgs {
 #[derive(Args, Debug, Clone)]
 pub struct FenceOpts {
     /// Treat any change during the window as a takeover, even one made under the write lock
-    #[arg(long, env = "SESSIONLOCK_STRICT")]
+    #[arg(long, env = "SESSIONLOCK_STRICT", value_parser = clap::builder::BoolishValueParser::new())]
     pub strict: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// Print one JSON object (stable field names, see the README) instead of text
-    #[arg(long, env = "SESSIONLOCK_JSON")]
+    #[arg(long, env = "SESSIONLOCK_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
     /// The session file, or a directory: every session with a sidecar in it
     #[arg(value_name = "SESSION|DIR", value_hint = ValueHint::AnyPath)]
@@ -366,7 +365,7 @@ pub struct StatusArgs {
 #[derive(Args, Debug)]
 pub struct GcArgs {
     /// Remove kept outputs (replies that were never committed) too
-    #[arg(long, env = "SESSIONLOCK_GC_KEPT")]
+    #[arg(long, env = "SESSIONLOCK_GC_KEPT", value_parser = clap::builder::BoolishValueParser::new())]
     pub kept: bool,
     /// The directory whose sidecars to collect
     #[arg(value_name = "DIR", value_hint = ValueHint::DirPath)]

@@ -46,6 +46,9 @@ pub struct Config {
     pub argv: Vec<OsString>,
     /// Bound on each write-lock acquisition; zero with `--nonblock`.
     pub lock_timeout: Duration,
+    /// Bound on taking the write lock back after a window: `--timeout` even with
+    /// `--nonblock`, since a computed reply is at stake.
+    pub after_window_timeout: Duration,
     /// Exit status for busy / not in time.
     pub conflict_code: u8,
     pub verbosity: Verbosity,
@@ -162,6 +165,7 @@ impl Config {
             } else {
                 lock.timeout
             },
+            after_window_timeout: lock.timeout,
             conflict_code: lock.conflict_exit_code,
             verbosity,
             turn_timeout: if lock.nonblock {

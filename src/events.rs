@@ -45,14 +45,41 @@ impl Events {
     pub fn open(config: &Config) -> Result<Self, Failure> {
         let out = match &config.events {
             None => None,
-            Some(Target::File(path)) => Some(
-                OpenOptions::new()
+            Some(Target::File(path)) => {
+                // Non-blocking: a FIFO with no reader is an error, not a hang.
+                let file = OpenOptions::new()
                     .append(true)
                     .create(true)
                     .mode(0o600)
+                    .custom_flags(nix::libc::O_NONBLOCK)
                     .open(path)
-                    .map_err(|e| Failure::io("cannot open the events file", &e, path))?,
-            ),
+                    .map_err(|e| Failure::io("cannot open the events file", &e, path))?;
+                let meta = file
+                    .metadata()
+                    .map_err(|e| Failure::io("cannot open the events file", &e, path))?;
+                let session = std::fs::metadata(config.key.path()).ok();
+                if session.is_some_and(|s| {
+                    use std::os::unix::fs::MetadataExt;
+                    (s.dev(), s.ino()) == (meta.dev(), meta.ino())
+                }) {
+                    return Err(Failure::new(
+                        Kind::Usage,
+                        "--events-file is the session file itself",
+                        path,
+                    ));
+                }
+                Some(file)
+            }
+            Some(Target::Fd(fd)) if *fd < 0 || *fd == 1 => {
+                return Err(Failure::new(
+                    Kind::Usage,
+                    format!(
+                        "--events-fd {fd}: not a descriptor for events (1 is stdout, which \
+                         belongs to the command)"
+                    ),
+                    config.key.path(),
+                ));
+            }
             Some(Target::Fd(fd)) => {
                 // A descriptor of the caller's: used through a close-on-exec duplicate, so the
                 // command inherits only what it would have inherited anyway.
@@ -94,11 +121,15 @@ impl Events {
         self.out.is_some()
     }
 
-    /// Record `event` with `fields` (an object).
+    /// Record `event` with `fields` (an object). Never waits: a reader that stops reading
+    /// loses events, it cannot hold a lock through the log.
     pub fn emit(&self, event: &str, fields: Value) {
         let Some(mut out) = self.out.as_ref() else {
             return;
         };
+        if !writable_now(out) {
+            return;
+        }
         let mut line = Map::new();
         line.insert("event".into(), json!(event));
         line.insert(
@@ -113,6 +144,22 @@ impl Events {
         }
         let mut text = Value::Object(line).to_string();
         text.push('\n');
-        let _ = out.write_all(text.as_bytes());
+        // One write: appended whole to a file; to a pipe, whole when it fits its atomic size.
+        let _ = out.write(text.as_bytes());
     }
+}
+
+/// Can `file` take a write without blocking right now? (A regular file always can.)
+fn writable_now(file: &File) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(
+        file.as_fd(),
+        nix::poll::PollFlags::POLLOUT,
+    )];
+    matches!(
+        nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+        Ok(1)
+    ) && fds[0]
+        .revents()
+        .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLOUT))
 }

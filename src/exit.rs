@@ -156,7 +156,7 @@ pub fn quiet_when_busy() {
 
 /// Report `failure` as its one line, unless `-q` silences it.
 pub fn report(failure: &Failure) {
-    if failure.kind == Kind::Busy && QUIET_WHEN_BUSY.load(Ordering::Relaxed) {
+    if failure.kind == Kind::Busy && !failure.loud && QUIET_WHEN_BUSY.load(Ordering::Relaxed) {
         return;
     }
     say(&failure.to_string());
@@ -208,6 +208,8 @@ pub fn signalled(signal: i32) -> u8 {
 #[derive(Debug)]
 pub struct Failure {
     pub kind: Kind,
+    /// Said even under `-q` (a busy lock after the window: a computed reply was kept).
+    loud: bool,
     /// `-E N` for a busy failure.
     code_override: Option<u8>,
     what: String,
@@ -219,10 +221,18 @@ impl Failure {
     pub fn new(kind: Kind, what: impl fmt::Display, file: &Path) -> Self {
         Self {
             kind,
+            loud: false,
             code_override: None,
             what: what.to_string(),
             file: Some(file.to_owned()),
         }
+    }
+
+    /// Say it even under `-q`.
+    #[must_use]
+    pub fn loud(mut self) -> Self {
+        self.loud = true;
+        self
     }
 
     /// A busy or timed-out wait, exiting with `code` (`-E`).
@@ -258,6 +268,7 @@ impl Failure {
     pub fn bare(kind: Kind, what: impl fmt::Display) -> Self {
         Self {
             kind,
+            loud: false,
             code_override: None,
             what: what.to_string(),
             file: None,

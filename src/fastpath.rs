@@ -43,6 +43,7 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
     parse_args(args)
 }
 
+#[allow(clippy::too_many_lines)]
 fn parse_args(args: &[OsString]) -> Option<Cli> {
     let mode = args.get(1)?.to_str()?;
     if !matches!(mode, "run" | "prompt" | "idle-wait") {
@@ -72,21 +73,33 @@ fn parse_args(args: &[OsString]) -> Option<Cli> {
     let (mut strict, mut turn) = (false, false);
     let mut turn_timeout = None;
     let mut rest = args[2..].iter();
+    // clap refuses an option given twice: so does this (by asking clap).
+    let mut seen: Vec<&str> = Vec::new();
     let session = loop {
         let arg = rest.next()?;
         let text = arg.to_str()?;
         if !text.starts_with('-') || text == "-" {
+            if text.is_empty() {
+                return None;
+            }
             break PathBuf::from(arg);
         }
         let (name, inline) = match text.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n, Some(v)),
             _ => (text, None),
         };
+        let canonical = canonical_name(name)?;
+        if seen.contains(&canonical) {
+            return None;
+        }
+        seen.push(canonical);
+        // A value that is empty or looks like an option: clap says what is wrong with it.
         let mut value = || -> Option<&str> {
-            match inline {
-                Some(v) => Some(v),
-                None => rest.next()?.to_str(),
-            }
+            let v = match inline {
+                Some(v) => v,
+                None => rest.next()?.to_str()?,
+            };
+            (!v.is_empty() && !v.starts_with('-')).then_some(v)
         };
         match (name, mode) {
             ("-n" | "--nonblock", _) if inline.is_none() => lock.nonblock = true,
@@ -118,8 +131,7 @@ fn parse_args(args: &[OsString]) -> Option<Cli> {
     // What clap would refuse goes to clap, which says why.
     let conflicts = (lock.quiet && lock.verbose)
         || ((commit.tee || commit.repair) && !commit.append)
-        || (lock.events_file.is_some() && lock.events_fd.is_some())
-        || (mode == "run" && turn_timeout.is_some() && !turn);
+        || (lock.events_file.is_some() && lock.events_fd.is_some());
     if conflicts {
         return None;
     }
@@ -140,6 +152,28 @@ fn parse_args(args: &[OsString]) -> Option<Cli> {
         turn_timeout,
         target,
     ))
+}
+
+/// One name for each option, whatever its spelling.
+fn canonical_name(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "-n" | "--nonblock" => "nonblock",
+        "-q" | "--quiet" => "quiet",
+        "-v" | "--verbose" => "verbose",
+        "--append" => "append",
+        "--tee" => "tee",
+        "--repair" => "repair",
+        "--strict" => "strict",
+        "--turn" => "turn",
+        "-t" | "-w" | "--timeout" | "--wait" => "timeout",
+        "--turn-timeout" => "turn-timeout",
+        "-E" | "--conflict-exit-code" => "conflict-exit-code",
+        "--max-hold" => "max-hold",
+        "--grace" | "--kill-after" => "grace",
+        "--events-file" => "events-file",
+        "--events-fd" => "events-fd",
+        _ => return None,
+    })
 }
 
 /// The `Cli` clap would have made of these parts.
@@ -219,7 +253,6 @@ mod tests {
             "run --help",
             "run -q -v s.jsonl -- true",
             "run --tee s.jsonl -- true",
-            "run --turn-timeout 5 s.jsonl -- true",
             "run --strict s.jsonl -- true",
             "prompt --turn s.jsonl -- true",
             "run --max-hold 0 s.jsonl -- true",
@@ -230,6 +263,12 @@ mod tests {
             "run -nq s.jsonl -- true",
             "status s.jsonl",
             "run --events-file a --events-fd 3 s.jsonl -- true",
+            "run -n -n s.jsonl -- true",
+            "run -t 1 -w 2 s.jsonl -- true",
+            "run --grace 1 --kill-after 2 s.jsonl -- true",
+            "run --events-file --append s.jsonl -- true",
+            "run --events-file= s.jsonl -- true",
+            "run -E -1 s.jsonl -- true",
         ] {
             assert!(parse_args(&line(text)).is_none(), "{text}");
         }

@@ -30,27 +30,38 @@ pub fn sidecars_in(dir: &Path) -> Result<Vec<(std::path::PathBuf, std::path::Pat
 pub fn collect(dir: &Path, kept: bool) -> Result<u8, Failure> {
     let mut removed = 0;
     for (session, path) in sidecars_in(dir)? {
-        let key = key::resolve(&session)?;
-        if key.path().exists() {
-            continue;
+        // One bad entry (a stranger's sidecar, a planted file) is reported; the rest go on.
+        let what = match collect_one(&session, kept) {
+            Ok(Some(what)) => what,
+            Ok(None) => continue,
+            Err(failure) => format!("left: {failure}"),
+        };
+        if what == "removed" {
+            removed += 1;
         }
-        let Some(sidecar) = Sidecar::open(&key, false)? else {
-            continue;
-        };
-        let what = match collect_unused(&sidecar, key.path(), kept)? {
-            Collected::Removed => {
-                removed += 1;
-                "removed".to_owned()
-            }
-            Collected::InUse => "left: in use".to_owned(),
-            Collected::SessionExists => continue,
-            Collected::KeptOutputs(n) => format!(
-                "left: {n} kept output(s) of a session that is gone; `sessionlock gc --kept` \
-                 removes them"
-            ),
-        };
         println!("{}: {what}", path.display());
     }
     println!("{removed} sidecar(s) removed");
     Ok(0)
+}
+
+/// What became of the sidecar of `session` (`None`: its session exists, nothing to do).
+fn collect_one(session: &Path, kept: bool) -> Result<Option<String>, Failure> {
+    let key = key::resolve(session)?;
+    if key.path().exists() {
+        return Ok(None);
+    }
+    let Some(sidecar) = Sidecar::open(&key, false)? else {
+        return Ok(None);
+    };
+    Ok(Some(match collect_unused(&sidecar, key.path(), kept)? {
+        Collected::Removed => "removed".to_owned(),
+        Collected::InUse => "left: in use".to_owned(),
+        Collected::SessionExists => return Ok(None),
+        Collected::Refused(why) => format!("left: {why}; refusing to touch it"),
+        Collected::KeptOutputs(n) => format!(
+            "left: {n} kept output(s) of a session that is gone; `sessionlock gc --kept` \
+             removes them"
+        ),
+    }))
 }

@@ -55,9 +55,11 @@ fn refuse_nesting(config: &Config) -> Result<(), Failure> {
     }
     let Some(pid) = var("SESSIONLOCK_PID")
         .and_then(|p| p.to_str()?.parse::<i32>().ok())
-        .filter(|&p| p > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+        .filter(|&p| p > 0 && is_ancestor(p))
     else {
-        return Ok(()); // the outer wrapper is gone: nothing of it is held
+        // The outer wrapper is gone (a stale environment), or is no wrapper of ours (a forged
+        // one): nothing of it is held by this call's ancestry.
+        return Ok(());
     };
     let outer = var("SESSIONLOCK_MODE").unwrap_or_default();
     let outer_turn = var("SESSIONLOCK_TICKET").is_some();
@@ -78,6 +80,41 @@ fn refuse_nesting(config: &Config) -> Result<(), Failure> {
         ),
         config.key.path(),
     ))
+}
+
+/// Is `pid` this process's parent, or its parent's parent, ...? (Linux reads `/proc`, whatever
+/// uid the ancestor runs as; elsewhere: is it alive, as far as kill(2) can tell.)
+fn is_ancestor(pid: i32) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let mut at = nix::unistd::getppid().as_raw();
+        for _ in 0..256 {
+            if at == pid {
+                return true;
+            }
+            if at <= 1 {
+                return false;
+            }
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{at}/stat")) else {
+                return false;
+            };
+            let Some(parent) = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+            else {
+                return false;
+            };
+            at = parent;
+        }
+        false
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    }
 }
 
 fn execute_with(config: &Config, events: &Events) -> Result<u8, Failure> {
@@ -301,7 +338,8 @@ fn window<C: Coordinator>(
             } else {
                 KeepReason::NotCommitted
             };
-            return Err(keeping(failure, capture, reason));
+            // A computed reply is at stake: this is no busy round to skip quietly.
+            return Err(keeping(failure, capture, reason).loud());
         }
     };
     let verdict = match c.check(&lock, &fence) {
@@ -552,9 +590,12 @@ fn run_child(
     if config.turn {
         env.push(("SESSIONLOCK_TICKET", label.into()));
     }
-    if config.max_hold.is_some() {
+    let inherited = if config.max_hold.is_some() {
         child::adopt_orphans();
-    }
+        child::inherited()
+    } else {
+        Vec::new()
+    };
     let mut child = child::spawn(
         child::Spec {
             argv: &config.argv,
@@ -570,7 +611,7 @@ fn run_child(
         },
         config.key.path(),
     )?;
-    let ended = child::wait(&mut child, ctx.signals, config.max_hold)
+    let ended = child::wait(&mut child, ctx.signals, config.max_hold, &inherited)
         .map_err(|e| Failure::io("cannot wait for the command", &e, config.key.path()))?;
     if ended.status.signal() == Some(nix::libc::SIGINT) {
         exit::die_of_sigint();
@@ -743,6 +784,7 @@ mod tests {
             key: crate::key::resolve(&dir.join("s.jsonl")).unwrap(),
             argv: vec!["sh".into(), "-c".into(), "echo '{\"r\":1}'".into()],
             lock_timeout: Duration::from_secs(5),
+            after_window_timeout: Duration::from_secs(5),
             conflict_code: 75,
             verbosity: Verbosity::Quiet,
             turn_timeout: Duration::from_secs(5),

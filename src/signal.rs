@@ -228,6 +228,10 @@ pub fn restore_defaults() -> nix::Result<()> {
         // SAFETY: as below.
         unsafe { sigaction(Signal::SIGXFSZ, &default) }?;
     }
+    // The Rust runtime ignores SIGPIPE for itself; a command must get the default (as std's
+    // Command gives it), or `cmd | head -1` writes on forever.
+    // SAFETY: as below.
+    unsafe { sigaction(Signal::SIGPIPE, &default) }?;
     for signal in TERMINATING.into_iter().chain(OURS) {
         // SAFETY: sigaction(2) is async-signal-safe; no handler of ours is installed after this.
         let old = unsafe { sigaction(signal, &default) }?;

@@ -149,7 +149,23 @@ fn show_dir(dir: &Path, json: bool) -> Result<u8, Failure> {
     use std::fmt::Write;
     let mut sessions = Vec::new();
     for (session, _) in crate::gc::sidecars_in(dir)? {
-        let r = collect(&session)?;
+        // One bad entry (a stranger's sidecar) is a problem of that entry; the rest go on.
+        let r = match collect(&session) {
+            Ok(r) => r,
+            Err(failure) => {
+                sessions.push(Summary {
+                    session: session.to_string_lossy().into_owned(),
+                    exists: session.exists(),
+                    holder: None,
+                    queue: 0,
+                    others: 0,
+                    oldest_age_ms: None,
+                    kept: 0,
+                    problems: vec![failure.to_string()],
+                });
+                continue;
+            }
+        };
         let oldest = r
             .queue
             .iter()
@@ -479,6 +495,20 @@ fn add_kept(report: &mut Report, sidecar: &Sidecar) {
     report.kept.sort_by_key(|k| k.modified_ms);
 }
 
+/// A name from the slot table, safe to print: control characters escaped.
+fn clean(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 /// The text form of a report.
 fn render(r: &Report) -> String {
     use std::fmt::Write;
@@ -511,7 +541,7 @@ fn render(r: &Report) -> String {
                 h.pid.unwrap_or(0),
                 h.mode.unwrap_or("?"),
                 seconds(h.held_ms.unwrap_or(0)),
-                h.command.as_deref().unwrap_or("?")
+                clean(h.command.as_deref().unwrap_or("?"))
             );
         }
         Some(h) => {
@@ -538,7 +568,7 @@ fn render(r: &Report) -> String {
                 t.mode,
                 activity_name(Some(t.activity)),
                 seconds(t.age_ms),
-                t.command
+                clean(&t.command)
             );
         }
     }
@@ -613,7 +643,7 @@ fn turn_line(t: &TurnView) -> String {
         },
         activity_name(t.activity),
         t.age_ms.map_or_else(|| "?".to_owned(), seconds),
-        t.command.as_deref().unwrap_or("(unknown holder)")
+        clean(t.command.as_deref().unwrap_or("(unknown holder)"))
     )
 }
 

@@ -530,7 +530,12 @@ impl Coordinator for Etcd<'_> {
     fn write_lock(&self, _ticket: Option<&Ticket>, phase: Phase) -> Result<WriteGuard, Failure> {
         let config = self.config;
         let session = config.key.path();
-        let deadline = signal::deadline(config.lock_timeout);
+        let timeout = if phase == Phase::AfterWindow {
+            config.after_window_timeout
+        } else {
+            config.lock_timeout
+        };
+        let deadline = signal::deadline(timeout);
         let link = self.join_chain("lock")?;
         let guard = WriteGuard {
             link,
@@ -559,12 +564,12 @@ impl Coordinator for Etcd<'_> {
             match self.wait_deleted(&key, from, deadline, notice)? {
                 Ok(_) | Err(TurnWait::Ended) => {}
                 Err(TurnWait::TimedOut) => {
-                    let what = if config.lock_timeout.is_zero() {
+                    let what = if timeout.is_zero() {
                         format!("the write lock is busy{after} (etcd)")
                     } else {
                         format!(
                             "timed out after {} waiting for the write lock{after} (etcd)",
-                            humantime::format_duration(config.lock_timeout)
+                            humantime::format_duration(timeout)
                         )
                     };
                     return Err(Failure::busy(config.conflict_code, what, session));

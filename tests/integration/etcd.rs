@@ -55,18 +55,29 @@ impl Cluster {
                 .args(["--name", &format!("m{i}")])
                 .arg("--data-dir")
                 .arg(data.path().join(format!("m{i}")))
-                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", peers[i])])
+                .args([
+                    "--listen-peer-urls",
+                    &format!("http://127.0.0.1:{}", peers[i]),
+                ])
                 .args([
                     "--initial-advertise-peer-urls",
                     &format!("http://127.0.0.1:{}", peers[i]),
                 ])
-                .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", clients[i])])
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{}", clients[i]),
+                ])
                 .args([
                     "--advertise-client-urls",
                     &format!("http://127.0.0.1:{}", clients[i]),
                 ])
                 .args(["--initial-cluster", &initial.join(",")])
-                .args(["--initial-cluster-state", "new", "--initial-cluster-token", &token])
+                .args([
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    &token,
+                ])
                 .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -84,7 +95,15 @@ impl Cluster {
         let sandbox = Sandbox::new();
         wait_for("the etcd cluster to serve", || {
             sandbox
-                .cmd(["run", "-q", "--coord", &cluster.url(), "ready.jsonl", "--", "true"])
+                .cmd([
+                    "run",
+                    "-q",
+                    "--coord",
+                    &cluster.url(),
+                    "ready.jsonl",
+                    "--",
+                    "true",
+                ])
                 .timeout(Duration::from_secs(10))
                 .output()
                 .is_ok_and(|o| o.status.success())
@@ -118,7 +137,9 @@ impl Cluster {
                     continue;
                 };
                 if let Ok(status) = c.status().await {
-                    let me = status.header().map_or(0, etcd_client::ResponseHeader::member_id);
+                    let me = status
+                        .header()
+                        .map_or(0, etcd_client::ResponseHeader::member_id);
                     if status.leader() == me {
                         return i;
                     }
@@ -146,7 +167,12 @@ impl Drop for Cluster {
 
 /// `MODE --coord URL [EXTRA] s.jsonl -- gate NAME`.
 fn gated(sandbox: &Sandbox, url: &str, mode: &str, name: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![mode.to_owned(), "-v".into(), "--coord".into(), url.to_owned()];
+    let mut args = vec![
+        mode.to_owned(),
+        "-v".into(),
+        "--coord".into(),
+        url.to_owned(),
+    ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     args.push("s.jsonl".into());
     args.push("--".into());
@@ -166,7 +192,9 @@ fn queue_len(sandbox: &Sandbox, url: &str) -> usize {
 
 #[test]
 fn wrappers_sharing_only_etcd_keep_fifo_never_overlap_and_commit_once() {
-    let Some(cluster) = Cluster::start() else { return };
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
     let url = cluster.url();
     let sandbox = Sandbox::new();
     fs::write(sandbox.path("s.jsonl"), "{\"seed\":1}\n").unwrap();
@@ -178,13 +206,26 @@ fn wrappers_sharing_only_etcd_keep_fifo_never_overlap_and_commit_once() {
         let script = format!("sh {gate} {name} >&2; echo '{{\"reply\":\"{name}\"}}'");
         procs.push(sandbox.spawn(
             name,
-            ["prompt", "--coord", &url, "--append", "s.jsonl", "--", "sh", "-c", &script],
+            [
+                "prompt", "--coord", &url, "--append", "s.jsonl", "--", "sh", "-c", &script,
+            ],
         ));
-        wait_for(&format!("{name} to queue"), || queue_len(&sandbox, &url) == i + 2);
+        wait_for(&format!("{name} to queue"), || {
+            queue_len(&sandbox, &url) == i + 2
+        });
     }
     // A `run` takes the write lock during A's window (owned), an idle-wait has a window too.
     sandbox
-        .cmd(["run", "--coord", &url, "--append", "s.jsonl", "--", "echo", "{\"run\":1}"])
+        .cmd([
+            "run",
+            "--coord",
+            &url,
+            "--append",
+            "s.jsonl",
+            "--",
+            "echo",
+            "{\"run\":1}",
+        ])
         .assert()
         .success();
     for name in ["A", "B", "C", "D"] {
@@ -205,7 +246,9 @@ fn wrappers_sharing_only_etcd_keep_fifo_never_overlap_and_commit_once() {
     // An outside edit during a window is a takeover; idle-wait has a fence too.
     for mode in ["prompt", "idle-wait"] {
         sandbox
-            .cmd([mode, "--coord", &url, "--append", "s.jsonl", "--", "sh", "-c"])
+            .cmd([
+                mode, "--coord", &url, "--append", "s.jsonl", "--", "sh", "-c",
+            ])
             .arg("echo '{\"outside\":1}' >> s.jsonl; echo '{\"late\":1}'")
             .assert()
             .code(76);
@@ -215,12 +258,20 @@ fn wrappers_sharing_only_etcd_keep_fifo_never_overlap_and_commit_once() {
 
 #[test]
 fn a_killed_holder_hands_the_turn_on_within_its_lease() {
-    let Some(cluster) = Cluster::start() else { return };
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
     let url = cluster.url();
     let sandbox = Sandbox::new();
-    let a = sandbox.spawn("A", gated(&sandbox, &url, "prompt", "A", &["--lease", "2s"]));
+    let a = sandbox.spawn(
+        "A",
+        gated(&sandbox, &url, "prompt", "A", &["--lease", "2s"]),
+    );
     sandbox.wait_entered("A");
-    let mut b = sandbox.spawn("B", gated(&sandbox, &url, "prompt", "B", &["--lease", "2s"]));
+    let mut b = sandbox.spawn(
+        "B",
+        gated(&sandbox, &url, "prompt", "B", &["--lease", "2s"]),
+    );
     wait_for("B to queue", || queue_len(&sandbox, &url) == 2);
     let killed = Instant::now();
     a.signal(Signal::SIGKILL);
@@ -228,14 +279,19 @@ fn a_killed_holder_hands_the_turn_on_within_its_lease() {
     sandbox.wait_entered("B");
     let recovery = killed.elapsed();
     eprintln!("etcd: a SIGKILLed holder's turn passed on after {recovery:?} (lease 2s)");
-    assert!(recovery < Duration::from_secs(3), "{recovery:?}: more than TTL + 1 s");
+    assert!(
+        recovery < Duration::from_secs(3),
+        "{recovery:?}: more than TTL + 1 s"
+    );
     sandbox.open("B");
     assert_eq!(b.wait_code(), 0, "{}", b.stderr());
 }
 
 #[test]
 fn a_killed_follower_goes_unnoticed() {
-    let Some(mut cluster) = Cluster::start() else { return };
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
     let url = cluster.url();
     let sandbox = Sandbox::new();
     let leader = cluster.leader();
@@ -245,7 +301,16 @@ fn a_killed_follower_goes_unnoticed() {
     sandbox.open("A");
     assert_eq!(a.wait_code(), 0, "{}", a.stderr());
     sandbox
-        .cmd(["prompt", "--coord", &url, "--append", "s.jsonl", "--", "echo", "{\"r\":1}"])
+        .cmd([
+            "prompt",
+            "--coord",
+            &url,
+            "--append",
+            "s.jsonl",
+            "--",
+            "echo",
+            "{\"r\":1}",
+        ])
         .assert()
         .success()
         .stderr("");
@@ -254,7 +319,9 @@ fn a_killed_follower_goes_unnoticed() {
 
 #[test]
 fn a_killed_leader_only_pauses_the_runs() {
-    let Some(mut cluster) = Cluster::start() else { return };
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
     let url = cluster.url();
     let sandbox = Sandbox::new();
     // The leader dies in the middle of a window, with a turn waiting behind it: the runs go on
@@ -263,7 +330,9 @@ fn a_killed_leader_only_pauses_the_runs() {
     let script = format!("sh {gate} A >&2; echo '{{\"reply\":\"A\"}}'");
     let mut a = sandbox.spawn(
         "A",
-        ["prompt", "--coord", &url, "--append", "s.jsonl", "--", "sh", "-c", &script],
+        [
+            "prompt", "--coord", &url, "--append", "s.jsonl", "--", "sh", "-c", &script,
+        ],
     );
     sandbox.wait_entered("A");
     let mut b = sandbox.spawn("B", gated(&sandbox, &url, "prompt", "B", &[]));
@@ -272,7 +341,10 @@ fn a_killed_leader_only_pauses_the_runs() {
     cluster.kill(cluster.leader());
     sandbox.open("A");
     assert_eq!(a.wait_code(), 0, "{}", a.stderr());
-    eprintln!("etcd: a window across a leader kill committed {:?} after it", killed.elapsed());
+    eprintln!(
+        "etcd: a window across a leader kill committed {:?} after it",
+        killed.elapsed()
+    );
     sandbox.open("B");
     assert_eq!(b.wait_code(), 0, "{}", b.stderr());
     assert_no_overlap(&sandbox.log());
@@ -282,14 +354,18 @@ fn a_killed_leader_only_pauses_the_runs() {
 
 #[test]
 fn with_every_member_down_the_wrapper_says_so_and_exits_69() {
-    let Some(mut cluster) = Cluster::start() else { return };
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
     let url = cluster.url();
     for i in 0..3 {
         cluster.kill(i);
     }
     let sandbox = Sandbox::new();
     let out = sandbox
-        .cmd(["prompt", "-t", "2", "--coord", &url, "--append", "s.jsonl", "--", "echo", "{}"])
+        .cmd([
+            "prompt", "-t", "2", "--coord", &url, "--append", "s.jsonl", "--", "echo", "{}",
+        ])
         .timeout(Duration::from_secs(30))
         .output()
         .unwrap();
@@ -297,6 +373,9 @@ fn with_every_member_down_the_wrapper_says_so_and_exits_69() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("etcd is unavailable at"), "{stderr}");
-    assert!(stderr.contains(&format!("{}", cluster.clients[0])), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}", cluster.clients[0])),
+        "{stderr}"
+    );
     assert!(!sandbox.path("s.jsonl").exists());
 }

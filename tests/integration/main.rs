@@ -8,6 +8,7 @@ mod examples;
 mod faults;
 mod holes;
 mod hostile;
+mod hostile2;
 mod operator;
 mod prompt;
 mod run;

@@ -286,7 +286,14 @@ fn on_a_terminal_a_wait_shows_one_live_line_rewritten_and_erased() {
     let sandbox = Sandbox::new();
     let holder = sandbox.spawn("A", sandbox.gated("run", "s.jsonl", "A", &[]));
     sandbox.wait_entered("A");
-    let pty = nix::pty::openpty(None, None).unwrap();
+    // A wide terminal: the live line is cut to one row of it.
+    let size = nix::pty::Winsize {
+        ws_row: 24,
+        ws_col: 250,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
     let mut w = std::process::Command::new(bin())
         .current_dir(sandbox.root())
         .args(["run", "s.jsonl", "--", "true"])

@@ -224,9 +224,28 @@ struct LiveLine {
 impl LiveLine {
     fn show(&mut self, text: &str) {
         use std::io::Write;
-        let clean: String = text.chars().filter(|c| !c.is_control()).collect();
+        // One row: a line wider than the terminal would wrap, and only its last row be erased.
+        let width = terminal_width().saturating_sub("sessionlock: ".len() + 1);
+        let clean: String = text
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(width.max(10))
+            .collect();
         let _ = write!(io::stderr().lock(), "\r\x1b[2Ksessionlock: {clean}");
         self.shown = true;
+    }
+}
+
+/// The terminal's width in columns (80 if it cannot be told).
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills a winsize; all-zero is a valid one to start from.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: ioctl(2) on stderr with a valid pointer.
+    let ok = unsafe { libc::ioctl(2, libc::TIOCGWINSZ, &raw mut size) } == 0;
+    if ok && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        80
     }
 }
 

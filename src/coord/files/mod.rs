@@ -229,6 +229,8 @@ pub enum Collected {
     SessionExists,
     /// Its lock state is removed; these kept outputs stay (the sidecar with them).
     KeptOutputs(usize),
+    /// Something in it is not what it should be (a symlink for `out/`, say): left alone.
+    Refused(String),
 }
 
 /// Remove the sidecar of a session file that is gone, if nobody uses it: its lock file is
@@ -264,6 +266,22 @@ pub fn collect_unused(
     }
     if std::fs::symlink_metadata(session).is_ok() {
         return Ok(Collected::SessionExists);
+    }
+    // Never through a symlink: `out/` and `kept/` must be real directories of ours.
+    for d in [commit::OUT, commit::KEPT] {
+        match std::fs::symlink_metadata(sidecar.path(d)) {
+            Ok(m) if !m.file_type().is_dir() => {
+                return Ok(Collected::Refused(format!("{d}/ is not a directory")));
+            }
+            Ok(m)
+                if !sidecar
+                    .modes()
+                    .trusts(std::os::unix::fs::MetadataExt::uid(&m)) =>
+            {
+                return Ok(Collected::Refused(format!("{d}/ is owned by a stranger")));
+            }
+            _ => {}
+        }
     }
     let outputs: Vec<std::path::PathBuf> = [commit::OUT, commit::KEPT]
         .iter()
@@ -580,7 +598,12 @@ impl Coordinator for Files<'_> {
     fn write_lock(&self, ticket: Option<&Ticket>, phase: Phase) -> Result<WriteGuard, Failure> {
         let config = self.config;
         let session = config.key.path();
-        let deadline = signal::deadline(config.lock_timeout);
+        let timeout = if phase == Phase::AfterWindow {
+            config.after_window_timeout
+        } else {
+            config.lock_timeout
+        };
+        let deadline = signal::deadline(timeout);
         let after = match (phase, config.mode) {
             (Phase::AfterWindow, crate::config::Mode::Prompt) => " after the prompt window",
             (Phase::AfterWindow, _) => " after the idle-wait window",
@@ -607,12 +630,12 @@ impl Coordinator for Files<'_> {
                 Waited::Held => {}
                 Waited::TimedOut => {
                     let held = self.held_by(byte, None);
-                    let what = if config.lock_timeout.is_zero() {
+                    let what = if timeout.is_zero() {
                         format!("the write lock is busy{after}{held}")
                     } else {
                         format!(
                             "timed out after {} waiting for the write lock{after}{held}",
-                            humantime::format_duration(config.lock_timeout),
+                            humantime::format_duration(timeout),
                         )
                     };
                     return Err(Failure::busy(config.conflict_code, what, session));
