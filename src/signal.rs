@@ -37,10 +37,16 @@ static WRITE_END: AtomicI32 = AtomicI32::new(-1);
 /// The coordination lease was lost (the etcd backend): set from its keep-alive thread.
 static LEASE_LOST: AtomicBool = AtomicBool::new(false);
 
-/// Say that the lease is lost, and wake the main thread's wait (a zero byte in the pipe).
+/// Say that the lease is lost, and wake the main thread's wait.
 #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 pub fn lose_lease() {
     LEASE_LOST.store(true, Ordering::SeqCst);
+    wake();
+}
+
+/// Wake the main thread's wait from another thread (a zero byte in the pipe: no signal).
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub fn wake() {
     let fd = WRITE_END.load(Ordering::Relaxed);
     if fd >= 0 {
         let byte = 0u8;

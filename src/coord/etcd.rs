@@ -364,6 +364,7 @@ impl<'a> Etcd<'a> {
                 .await
             else {
                 let _ = tx.send(false);
+                signal::wake();
                 return;
             };
             while let Ok(Some(resp)) = stream.message().await {
@@ -376,10 +377,12 @@ impl<'a> Etcd<'a> {
                     .any(|e| e.event_type() == EventType::Delete)
                 {
                     let _ = tx.send(true);
+                    signal::wake();
                     return;
                 }
             }
             let _ = tx.send(false);
+            signal::wake();
         });
         let outcome = loop {
             let now = Instant::now();

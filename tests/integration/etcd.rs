@@ -379,3 +379,41 @@ fn with_every_member_down_the_wrapper_says_so_and_exits_69() {
     );
     assert!(!sandbox.path("s.jsonl").exists());
 }
+
+#[test]
+fn a_lost_lease_stops_the_command_and_commits_nothing() {
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    let sandbox = Sandbox::new();
+    fs::write(sandbox.path("s.jsonl"), "{\"seed\":1}\n").unwrap();
+    // The window's command would reply after its gate opens; etcd loses quorum meanwhile, so
+    // the wrapper cannot renew its 2 s lease.
+    let gate = sandbox.path("gate.sh").display().to_string();
+    let script = format!("sh {gate} A >&2; echo '{{\"reply\":1}}'");
+    let mut a = sandbox.spawn(
+        "A",
+        [
+            "prompt", "--coord", &url, "--lease", "2s", "--append", "s.jsonl", "--", "sh", "-c",
+            &script,
+        ],
+    );
+    sandbox.wait_entered("A");
+    let killed = Instant::now();
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    assert_eq!(a.wait_code(), 69, "{}", a.stderr());
+    let stopped = killed.elapsed();
+    eprintln!(
+        "etcd: a lost lease stopped the command {stopped:?} after quorum was lost (lease 2s)"
+    );
+    assert!(a.stderr().contains("lease was lost"), "{}", a.stderr());
+    assert!(stopped < Duration::from_secs(10), "{stopped:?}");
+    assert_eq!(
+        sandbox.read("s.jsonl"),
+        "{\"seed\":1}\n",
+        "committed after losing the lock"
+    );
+}
