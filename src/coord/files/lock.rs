@@ -105,41 +105,36 @@ fn fcntl(file: &File, cmd: libc::c_int, fl: &mut libc::flock) -> io::Result<()> 
     }
 }
 
-/// Take a lock if no one conflicts right now: `Ok(false)` when someone does.
-pub fn try_lock(file: &File, kind: Kind, range: Range) -> io::Result<bool> {
+/// A lock call that never blocks (`SET`, `GET`): a signal that interrupts it is no reason to
+/// give up, so it is simply made again.
+fn fcntl_now(file: &File, cmd: libc::c_int, fl: &mut libc::flock) -> io::Result<()> {
     loop {
-        match fcntl(file, cmd::SET, &mut flock(Some(kind), range)) {
-            Ok(()) => return Ok(true),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
-                return Ok(false);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Give up whatever this descriptor holds in `range`.
-pub fn unlock(file: &File, range: Range) -> io::Result<()> {
-    loop {
-        match fcntl(file, cmd::SET, &mut flock(None, range)) {
+        match fcntl(file, cmd, fl) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             other => return other,
         }
     }
 }
 
+/// Take a lock if no one conflicts right now: `Ok(false)` when someone does.
+pub fn try_lock(file: &File, kind: Kind, range: Range) -> io::Result<bool> {
+    match fcntl_now(file, cmd::SET, &mut flock(Some(kind), range)) {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Give up whatever this descriptor holds in `range`.
+pub fn unlock(file: &File, range: Range) -> io::Result<()> {
+    fcntl_now(file, cmd::SET, &mut flock(None, range))
+}
+
 /// The lock (held by someone else) that would conflict with taking `kind` on `range`, if any.
 /// Probing with `Read` finds write locks only: exactly the live turns, never a waiter.
 pub fn probe(file: &File, kind: Kind, range: Range) -> io::Result<Option<Conflict>> {
     let mut fl = flock(Some(kind), range);
-    loop {
-        match fcntl(file, cmd::GET, &mut fl) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-            Ok(()) => break,
-        }
-    }
+    fcntl_now(file, cmd::GET, &mut fl)?;
     if i32::from(fl.l_type) == libc::F_UNLCK {
         return Ok(None);
     }
