@@ -201,7 +201,7 @@ impl State {
         {
             Verdict::Takeover(changed)
         } else {
-            Verdict::Clean
+            Verdict::Clean(self.fingerprint)
         }
     }
 }
@@ -217,8 +217,9 @@ pub struct Fence {
 /// How a fence check came out.
 #[derive(Debug, Clone, Copy)]
 pub enum Verdict {
-    /// Unchanged, or changed by owned writes only.
-    Clean,
+    /// Unchanged, or changed by owned writes only: the file as it is now, which a commit may
+    /// go to (and no other).
+    Clean(Fingerprint),
     /// Changed from outside (or, with `--strict`, changed at all).
     Takeover(Change),
 }
@@ -252,7 +253,7 @@ mod tests {
     #[test]
     fn an_untouched_file_passes_the_fence() {
         let s = state_at(3);
-        assert!(matches!(s.verdict(&s.fence(), true), Verdict::Clean));
+        assert!(matches!(s.verdict(&s.fence(), true), Verdict::Clean(_)));
     }
 
     #[test]
@@ -260,7 +261,7 @@ mod tests {
         let mut s = state_at(3);
         let fence = s.fence();
         assert!(s.own(fp(3)));
-        assert!(matches!(s.verdict(&fence, false), Verdict::Clean));
+        assert!(matches!(s.verdict(&fence, false), Verdict::Clean(_)));
         assert!(matches!(s.verdict(&fence, true), Verdict::Takeover(_)));
         let fence = s.fence();
         assert!(s.observe(fp(6)));
@@ -279,7 +280,7 @@ mod tests {
         assert!(matches!(s.verdict(&fence, false), Verdict::Takeover(_)));
         let later = s.fence();
         s.own(fp(14));
-        assert!(matches!(s.verdict(&later, false), Verdict::Clean));
+        assert!(matches!(s.verdict(&later, false), Verdict::Clean(_)));
     }
 
     #[test]
@@ -290,7 +291,7 @@ mod tests {
             s.own(fp(1));
             s.own(fp(2));
             assert!(
-                matches!(s.verdict(&fence, false), Verdict::Clean),
+                matches!(s.verdict(&fence, false), Verdict::Clean(_)),
                 "{start}"
             );
             s.observe(fp(3));
@@ -313,7 +314,7 @@ mod tests {
         assert!(change.to_string().contains("lock state"), "{change}");
         assert!(matches!(
             fresh.verdict(&fresh.fence(), false),
-            Verdict::Clean
+            Verdict::Clean(_)
         ));
     }
 }

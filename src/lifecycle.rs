@@ -346,7 +346,7 @@ fn window<C: Coordinator>(
         Ok(verdict) => verdict,
         Err(failure) => return Err(keeping(failure, capture, KeepReason::FenceUnreadable)),
     };
-    if let Verdict::Takeover(change) = verdict {
+    if let Verdict::Takeover(change) = &verdict {
         ctx.events
             .emit("takeover", json!({ "change": change.to_string() }));
         let window = if config.mode == Mode::Prompt {
@@ -364,14 +364,8 @@ fn window<C: Coordinator>(
         return Err(keeping(failure, capture, KeepReason::Takeover));
     }
     ctx.events.emit("fence-ok", json!({}));
-    if let Some(capture) = capture {
+    if let (Some(capture), Verdict::Clean(vouched)) = (capture, verdict) {
         // The file the fence vouched for: the commit goes to it or nowhere.
-        let vouched = match c.observe(&lock) {
-            Ok(state) => state.fingerprint,
-            Err(failure) => {
-                return Err(keeping(failure, Some(capture), KeepReason::FenceUnreadable));
-            }
-        };
         commit_output(c, ctx, &lock, &label, capture, Some(vouched))?;
     }
     release(ctx, lock);
@@ -757,7 +751,7 @@ mod tests {
         }
         fn check(&self, _: &Guard, _: &Fence) -> Result<Verdict, Failure> {
             self.step("check")?;
-            Ok(Verdict::Clean)
+            Ok(Verdict::Clean(Fingerprint::of(&self.session).unwrap()))
         }
         fn verify(&self, _: &Guard) -> Result<(), Failure> {
             self.step("verify")
