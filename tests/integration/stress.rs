@@ -72,7 +72,7 @@ pub struct Report {
     pub turns: usize,
     pub killed: usize,
     pub committed: usize,
-    pub slowest_handoff_ms: f64,
+    pub largest_gap_ms: f64,
 }
 
 /// A small, seeded generator: rounds are repeatable.
@@ -150,7 +150,7 @@ fn check_log(ev: &Evidence, r: &mut Report) {
                     if let Some(at) = last_exit.get(&'P') {
                         let micros = ns.saturating_sub(*at) / 1000;
                         let gap = f64::from(u32::try_from(micros).unwrap_or(u32::MAX)) / 1e3;
-                        r.slowest_handoff_ms = r.slowest_handoff_ms.max(gap);
+                        r.largest_gap_ms = r.largest_gap_ms.max(gap);
                     }
                     match turn(ticket) {
                         Some(t) => entered_turns.push((t, id.to_owned())),
@@ -432,13 +432,13 @@ fn assert_clean(what: &str, ev: &Evidence) -> Report {
         report.violations.len()
     );
     eprintln!(
-        "{what}: {} wrappers, {} prompt turns, {} killed, {} replies committed, slowest \
-         handoff {:.1} ms, 0 violations",
+        "{what}: {} wrappers, {} prompt turns, {} killed, {} replies committed, largest \
+         gap between prompt windows {:.1} ms, 0 violations",
         ev.outcomes.len(),
         report.turns,
         report.killed,
         report.committed,
-        report.slowest_handoff_ms
+        report.largest_gap_ms
     );
     report
 }
@@ -506,7 +506,7 @@ fn soak() {
         turns += r.turns;
         killed += r.killed;
         committed += r.committed;
-        slowest = slowest.max(r.slowest_handoff_ms);
+        slowest = slowest.max(r.largest_gap_ms);
     }
     eprintln!(
         "soak: {secs}s, {rounds} rounds, {wrappers} wrappers, {turns} prompt turns, {killed} \
